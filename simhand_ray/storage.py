@@ -1,0 +1,221 @@
+"""URIs (plain path, file://, s3://) -> pyarrow filesystems; listing; atomic writes; stage manifests.
+
+Every output file is written whole or not at all: locally to a temporary name then ``os.replace``; on S3
+as one PUT of the complete bytes (an object appears only when its upload completes). That is what lets
+a killed job be re-run over the same output.
+
+S3 settings come from the usual AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION, or an instance profile), plus an endpoint override
+for S3-compatible stores: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (e.g. http://127.0.0.1:9000).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from functools import lru_cache
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+#: Environment variables that configure S3 access; jobs forward them to Ray workers.
+AWS_ENV_VARS = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",
+)
+
+
+class StorageError(RuntimeError):
+    """A URI that cannot be used: missing bucket, bad credentials, unreachable endpoint."""
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def aws_env() -> dict[str, str]:
+    """The AWS variables set in this process, to forward to Ray workers via ``runtime_env``."""
+    return {k: os.environ[k] for k in AWS_ENV_VARS if os.environ.get(k)}
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str | None, key: str | None, secret: str | None,
+                   token: str | None) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": region or "us-east-1", "connect_timeout": 10, "request_timeout": 60}
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme or "http"
+    if key and secret:
+        kwargs.update(access_key=key, secret_key=secret, session_token=token)
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """URI -> (filesystem, path inside it). Plain paths are made absolute."""
+    uri = str(uri)
+    if is_s3(uri):
+        fs = _s3_filesystem(
+            s3_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+            os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            os.environ.get("AWS_SESSION_TOKEN"))
+        return fs, uri[len("s3://"):].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" in uri:
+        raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path, file:// or s3://")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with '/' (works for s3:// and local paths)."""
+    out = str(uri).rstrip("/")
+    for p in parts:
+        out = f"{out}/{str(p).strip('/')}"
+    return out
+
+
+def basename(uri: str) -> str:
+    return str(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] | None = None, recursive: bool = True) -> list[str]:
+    """Files under a directory or prefix, as URIs of the same scheme, sorted; filtered by suffix (any case)."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    prefix = "s3://" if is_s3(uri) else ""
+    out = []
+    for f in info:
+        if f.type != pafs.FileType.File:
+            continue
+        name = f.base_name
+        if name.startswith(".") or name.startswith("_tmp"):
+            continue
+        if suffixes and not name.lower().endswith(tuple(s.lower() for s in suffixes)):
+            continue
+        out.append(prefix + f.path)
+    return sorted(out)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def open_input_file(uri: str):
+    """A seekable file object (pyarrow NativeFile) for readers such as PyAV that want random access."""
+    fs, path = resolve(uri)
+    return fs.open_input_file(path)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write all of ``data`` to ``uri`` or nothing (temp file + os.replace locally; one PUT on S3)."""
+    fs, path = resolve(uri)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f"_tmp.{uuid.uuid4().hex}.{os.path.basename(path)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_parquet_atomic(table: pa.Table, uri: str, metadata: dict | None = None) -> None:
+    """Write a table as one Parquet file atomically; ``metadata`` goes into the schema's key-value metadata."""
+    if metadata:
+        meta = dict(table.schema.metadata or {})
+        meta.update({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes_atomic(uri, buf.getvalue())
+
+
+def read_parquet(uri: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+    """Read one Parquet file or every ``*.parquet`` under a directory/prefix into one table."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        files = [uri]
+    else:
+        files = list_files(uri, (".parquet",))
+    if not files:
+        if schema is None:
+            raise FileNotFoundError(f"no Parquet files under {uri}")
+        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+    tables = []
+    for f in files:
+        ffs, fpath = resolve(f)
+        tables.append(pq.read_table(fpath, filesystem=ffs, columns=columns))
+    if schema is not None:
+        target = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+        tables = [t.select(target.names).cast(target) for t in tables]
+    return pa.concat_tables(tables)
+
+
+def read_json(uri: str) -> dict:
+    return json.loads(read_bytes(uri).decode())
+
+
+def write_json_atomic(uri: str, obj: dict) -> None:
+    write_bytes_atomic(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def check_writable(uri: str) -> None:
+    """Fail fast, before any work, if ``uri`` cannot be written (missing bucket, bad credentials)."""
+    probe = join(uri, f"_tmp.write-check.{uuid.uuid4().hex}")
+    try:
+        write_bytes_atomic(probe, b"ok")
+        delete(probe)
+    except Exception as e:  # pyarrow raises OSError with the S3 error text
+        raise StorageError(f"cannot write to {uri}: {e}") from e
+
+
+def check_readable(uri: str) -> None:
+    """Fail fast if ``uri`` does not exist or cannot be listed/read."""
+    try:
+        ok = exists(uri)
+    except Exception as e:
+        raise StorageError(f"cannot read {uri}: {e}") from e
+    if not ok:
+        raise StorageError(f"input not found: {uri}")
+
+
+def config_hash(obj: dict) -> str:
+    """A short stable hash of a JSON-able config, stamped into manifests and checked on resume."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

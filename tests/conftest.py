@@ -1,0 +1,106 @@
+"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1), one local Ray cluster per session,
+and the real sample data.
+
+Ray: one ``ray.init`` per test session (2 CPUs, dashboard on, so ``ray job submit`` works against it).
+``ray.shutdown`` stops only the processes this session started; ``ray stop`` is never called because it
+stops every Ray on the machine. Token auth is disabled for this local test cluster (RAY_AUTH_MODE=disabled)
+so the jobs CLI needs no token file.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+SHARED_REAL = REPO.parent / "shared" / "data" / "real"
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def real_data(*parts: str) -> Path:
+    """A file of the sample data: the copy bundled in the repo, else ../shared/data/real."""
+    for root in (SAMPLE, SHARED_REAL):
+        p = root.joinpath(*parts)
+        if p.exists():
+            return p
+    pytest.skip(f"sample file {'/'.join(parts)} not available")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1; AWS_* env vars point boto3, pyarrow and Ray workers at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint,
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from simhand_ray import storage
+    storage._s3_filesystem.cache_clear()
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    storage._s3_filesystem.cache_clear()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the moto server; returns its s3:// URI."""
+    import boto3
+
+    name = "test-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+    name = name.strip("-")
+    client = boto3.client("s3", endpoint_url=s3_server)
+    try:
+        client.create_bucket(Bucket=name)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A local Ray cluster for the whole session (started after the S3 env so workers inherit it).
+
+    Yields the dashboard address that ``ray job submit --address`` takes.
+    """
+    import ray
+
+    dash_port = free_port()
+    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dash_port,
+                   ignore_reinit_error=True, logging_level="WARNING")
+    yield f"http://{ctx.dashboard_url}"
+    ray.shutdown()
+
+
+@pytest.fixture
+def sample_images(tmp_path):
+    """A folder with the real hand image and two hand-free images."""
+    d = tmp_path / "images"
+    d.mkdir()
+    for name in ("handSrc.jpg", "fruits.jpg", "building.jpg"):
+        shutil.copy(real_data("images", name), d / name)
+    return d
