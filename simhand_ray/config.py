@@ -116,3 +116,201 @@ class LabelConfig:
 
 _DATACLASSES = {c.__name__: c for c in (FilterConfig, CropConfig, LabelerConfig, LabelConfig)}
 _TUPLE_FIELDS = {"inputs"}
+
+
+# --- graph + pairs stages (SPEC §2) ---------------------------------------------------------------
+GRAPH_INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """The graph stage (hands -> K nearest hands from other videos) and the pairs stage (graph -> pairs).
+
+    Reads ``output/hands``, writes ``output/graph`` and ``output/pairs``. ``flat`` is exact; ``ivf``,
+    ``ivfpq`` and ``hnsw`` are approximate (recall measured by benchmarks/graph_scale.py).
+    """
+    output: str = ""
+    k: int = 10                           # neighbours kept per hand (the paper ablates top-K)
+    shards: int = 1                       # one faiss index per shard, each in its own Ray actor
+    index: str = "flat"                   # flat | ivf | ivfpq | hnsw
+    scale: str = "rms"                    # descriptor scale: rms (RMS radius about the wrist) | palm (wrist->middle MCP)
+    pca_dim: int = 0                      # 0 = no PCA; else project the 42-d descriptors to this many dims
+    pca_sample: int = 100_000             # descriptors the PCA is fitted on
+    margin: int = 5                       # each shard returns top-(k + margin) before the merge
+    query_batch: int = 4096               # queries per request to every shard
+    nlist: int = 0                        # IVF lists per shard; 0 = 4 sqrt(hands in the shard)
+    nprobe: int = 8
+    pq_m: int = 0                         # IVF-PQ sub-quantizers; 0 = about 3 dims each
+    pq_nbits: int = 8
+    refine_factor: int = 4                # IVF-PQ: candidates re-ranked exactly = refine_factor x (k + margin)
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 64
+    train_sample: int = 0                 # IVF training vectors per shard; 0 = 39 x nlist
+    small_group: int = 64                 # videos with at most this many hands in a shard: k + g search, else a selector
+    cpus_per_shard: float = 1.0
+    gpus_per_shard: float = 0.0
+    rows_per_part: int = 262_144          # graph rows per Parquet file
+    positive_rank: int = 0                # pairs: the neighbour used as positive (0 = nearest)
+    pairs_per_shard: int = 4096           # pairs: rows per Parquet shard
+    pairs_wave: int = 64                  # pairs: output shards assembled per scatter wave (bounds memory)
+    montage_pairs: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.index not in GRAPH_INDEX_KINDS:
+            raise ValueError(f"unknown index {self.index!r}: one of {GRAPH_INDEX_KINDS}")
+        if self.scale not in ("rms", "palm"):
+            raise ValueError(f"unknown descriptor scale {self.scale!r}: rms | palm")
+        for name in ("k", "shards", "query_batch", "rows_per_part", "pairs_per_shard", "pairs_wave", "nprobe"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.pca_dim < 0 or self.pca_dim > 42:
+            raise ValueError("pca_dim must be in [0, 42]")
+        if not 0 <= self.positive_rank < self.k:
+            raise ValueError(f"positive_rank must be in [0, k={self.k})")
+        if self.margin < 0:
+            raise ValueError("margin must be >= 0")
+
+    def graph_result_dict(self) -> dict:
+        """The settings that change the graph (hashed into its manifest; resources and pairs settings excluded)."""
+        d = asdict(self)
+        for key in ("output", "query_batch", "cpus_per_shard", "gpus_per_shard", "positive_rank",
+                    "pairs_per_shard", "pairs_wave", "montage_pairs"):
+            d.pop(key)
+        if self.index == "flat":  # exact: the shard layout and index knobs do not change the result
+            for key in ("shards", "margin", "nlist", "nprobe", "pq_m", "pq_nbits", "refine_factor", "hnsw_m",
+                        "hnsw_ef_construction", "hnsw_ef_search", "train_sample", "small_group"):
+                d.pop(key)
+        return d
+
+    def pairs_result_dict(self) -> dict:
+        """The settings that change the pairs dataset beyond the graph it is made from."""
+        return {"positive_rank": self.positive_rank, "pairs_per_shard": self.pairs_per_shard, "seed": self.seed}
+
+
+_DATACLASSES[GraphConfig.__name__] = GraphConfig
+
+
+# --- pretrain job (SPEC §3) -----------------------------------------------------------------------
+PRETRAIN_METHODS = ("simclr", "peclr", "simhand", "simhand-w")
+PRETRAIN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Per-view augmentation of SPEC §3 (ranges of the colour jitter are PeCLR's)."""
+    max_angle: int = 45                                  # integer angle in [-max_angle, max_angle] degrees
+    crop_margin: tuple[float, float] = (0.9, 1.5)        # half-side = max keypoint radius x U(lo, hi)
+    max_jitter: int = 15                                 # crop origin jitter in [0, max_jitter] px (crop pixels)
+    size: int = 128                                      # output side in pixels
+    hue_factor: tuple[float, float] = (0.01, 1.0)        # HSV: h *= U(lo, hi)
+    sat_factor: tuple[float, float] = (0.01, 1.0)        # s *= U(lo, hi)
+    value_alpha: tuple[float, float] = (0.5, 1.0)        # v = v * U(lo, hi) + U(beta)
+    value_beta: tuple[float, float] = (5.0, 20.0)
+    rotate: bool = True
+    crop: bool = True
+    color_jitter: bool = True
+
+    def __post_init__(self):
+        for name in ("crop_margin", "hue_factor", "sat_factor", "value_alpha", "value_beta"):
+            v = tuple(float(x) for x in getattr(self, name))  # JSON round trips turn tuples into lists
+            if len(v) != 2 or v[0] > v[1]:
+                raise ValueError(f"{name} must be a (low, high) pair, got {v}")
+            object.__setattr__(self, name, v)
+        if not 0 <= self.max_angle <= 180 or self.max_jitter < 0 or self.size < 8:
+            raise ValueError("max_angle in [0, 180], max_jitter >= 0 and size >= 8 required")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The pretrain job (SPEC §3): pairs -> two augmented views per row -> contrastive training on Ray Train.
+
+    ``batch_size`` is the global batch (split evenly over ``num_workers``). With ``max_steps`` 0 the run is
+    ``epochs`` passes over the pairs; otherwise ``max_steps`` optimiser steps, with the warm-up scaled to the
+    same fraction (``warmup_epochs / epochs``) of the run.
+    """
+    pairs: str = ""
+    output: str = ""
+    method: str = "simhand-w"             # simclr | peclr | simhand | simhand-w
+    arch: str = "resnet50"                # resnet18 | resnet34 | resnet50 | resnet101 (weights=None)
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0          # CPUs a training worker reserves; the rest go to Ray Data
+    batch_size: int = 8192                # global
+    epochs: int = 100
+    max_steps: int = 0                    # 0 = epochs x steps per epoch
+    warmup_epochs: float = 10.0
+    base_lr: float = 1e-4                 # lr = base_lr x sqrt(global batch)
+    weight_decay: float = 1e-6            # not applied to BN parameters and biases
+    lars_eta: float = 0.02
+    temperature: float = 0.5
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    amp: bool = True                      # mixed precision, on GPU only
+    amp_dtype: str = "bfloat16"           # bfloat16 | float16 (float16 uses a GradScaler)
+    gather_distributed: bool = True       # negatives from every worker's batch (all_gather with gradient)
+    seed: int = 0
+    balance_sources: bool = True          # sample so each source contributes equally (data.py)
+    fixed_views: bool = False             # augmentation seeds ignore the epoch (same views every epoch)
+    interleave: int = 2                   # input units mixed into one shuffled read item
+    max_unit_rows: int = 2048             # rows per input unit (a Parquet row group, split if larger)
+    augment_batch_size: int = 32          # rows per augmentation call in Ray Data
+    shuffle_buffer: int = 0               # rows of the worker-side local shuffle buffer (0 = off)
+    prefetch_batches: int = 2
+    checkpoint_every: int = 1000          # steps
+    keep_checkpoints: int = 2
+    log_every: int = 10                   # steps between ray.train.report / log lines (metrics kept every step)
+    max_failures: int = 3                 # worker-group restarts from the latest checkpoint (FailureConfig)
+    resume: bool = False                  # continue the run found in ``output``
+    stop_at_step: int = 0                 # end this submission early (with a checkpoint) at this step
+    fail_at_step: int = 0                 # testing: raise once at this step unless restored from a checkpoint
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if self.method not in PRETRAIN_METHODS:
+            raise ValueError(f"unknown method {self.method!r}: one of {PRETRAIN_METHODS}")
+        if self.arch not in PRETRAIN_ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}: one of {PRETRAIN_ARCHS}")
+        if self.num_workers < 1 or self.batch_size < 2:
+            raise ValueError("num_workers >= 1 and batch_size >= 2 required")
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"the global batch {self.batch_size} must divide evenly over {self.num_workers} workers")
+        if self.amp_dtype not in ("bfloat16", "float16"):
+            raise ValueError("amp_dtype must be bfloat16 or float16")
+        if self.epochs < 1 or self.max_steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("epochs >= 1, max_steps >= 0, checkpoint_every >= 1, log_every >= 1 required")
+        if self.interleave < 1 or self.max_unit_rows < 1 or self.augment_batch_size < 1:
+            raise ValueError("interleave, max_unit_rows and augment_batch_size must be >= 1")
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.num_workers
+
+    @property
+    def lr(self) -> float:
+        """Peak learning rate: base x sqrt(global batch) (PeCLR/SiMHand scaling)."""
+        return self.base_lr * self.batch_size ** 0.5
+
+    @property
+    def uses_positive(self) -> bool:
+        """View 2 is the mined positive (SiMHand) rather than a second augmentation of the anchor."""
+        return self.method in ("simhand", "simhand-w")
+
+    @property
+    def equivariant(self) -> bool:
+        """Undo each view's rotation/translation in projection space (PeCLR; SiMHand builds on it)."""
+        return self.method != "simclr"
+
+    def result_dict(self) -> dict:
+        """Settings that change the trained weights (hashed into checkpoints, checked on resume)."""
+        d = asdict(self)
+        for k in ("output", "num_workers", "use_gpu", "cpus_per_worker", "amp", "amp_dtype", "augment_batch_size",
+                  "prefetch_batches", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
+                  "resume", "stop_at_step", "fail_at_step"):
+            d.pop(k)
+        return d
+
+
+_DATACLASSES[AugmentConfig.__name__] = AugmentConfig
+_DATACLASSES[PretrainConfig.__name__] = PretrainConfig

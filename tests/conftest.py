@@ -8,6 +8,7 @@ so the jobs CLI needs no token file.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -46,6 +47,7 @@ def s3_server():
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     env = {

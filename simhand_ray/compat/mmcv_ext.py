@@ -3,9 +3,9 @@
 Why: mmpose and mmdet import ``mmcv.ops`` at load time, and every ``mmcv/ops/*.py`` asks
 ``mmcv.utils.ext_loader.load_ext('_ext', [op names])`` for the compiled ops, asserting that each name exists.
 ``mmcv-lite`` ships no ``_ext``, so ``import mmpose.apis`` fails with "No module named 'mmcv._ext'". The full
-``mmcv`` 2.x is on PyPI only as an sdist that compiles C++/CUDA ops against the installed torch (prebuilt wheels
-exist only on OpenMMLab's own index, for old torch/CUDA pairs, none for the torch used here), so this module
-stands in for it instead.
+``mmcv`` 2.1.0 is on PyPI only as an sdist whose build compiles C++/CUDA ops against the installed torch (here it
+does not even get that far: its setup needs ``pkg_resources``); OpenMMLab's own prebuilt wheels target older
+torch/CUDA pairs. So this module stands in for the one op the hand models need.
 
 What it covers: ``nms`` (what RTMDet's ``batched_nms`` post-processing calls), via ``torchvision.ops.nms`` with
 mmcv's calling convention ``nms(boxes, scores, iou_threshold=float, offset=int) -> kept indices``, highest score

@@ -92,12 +92,11 @@ def build_index(x: np.ndarray, params: IndexParams) -> faiss.Index:
         if params.kind == "ivf":
             index = faiss.IndexIVFFlat(quantizer, d, nlist)
         else:
-            nbits = int(min(params.pq_nbits, max(1, math.floor(math.log2(max(n, 2))))))
+            # 2^nbits centroids per sub-quantizer want >= 39 training vectors each
+            nbits = int(min(params.pq_nbits, max(1, math.floor(math.log2(max(n // 39, 2))))))
             index = faiss.IndexIVFPQ(quantizer, d, nlist, auto_pq_m(d, params.pq_m), nbits)
             index.pq.cp.seed = params.seed
         index.cp.seed = params.seed
-        index.own_fields = True
-        index._quantizer = quantizer  # keep the Python object alive as long as the index
         ntrain = min(n, params.train_sample if params.train_sample > 0 else 39 * nlist)
         if params.kind == "ivfpq":
             ntrain = min(n, max(ntrain, 39 * (1 << nbits)))

@@ -33,17 +33,28 @@ def reject_reason(hand: DetectedHand, width: int, height: int, cfg: FilterConfig
 
 
 def square_crop_box(box: np.ndarray, width: int, height: int, scale: float) -> tuple[int, int, int]:
-    """The crop region (x0, y0, side) in whole pixels: ``box`` scaled about its centre, made square on
-    its longer side, then moved (not squashed) to lie inside the image; shrunk only if the image is smaller.
-    Keeping it square and inside means no padding and no aspect distortion when resized.
+    """The crop region (x0, y0, side) in whole pixels: ``box`` scaled about its centre and made square on
+    its longer side, then moved (not squashed) to lie inside the image. Only a square larger than the
+    image itself overhangs it (centred on the box as far as the image allows); that part is padded black.
+    A square region means no aspect distortion when resized.
     """
     x0, y0, x1, y1 = (float(v) for v in box)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    side = int(round(scale * max(x1 - x0, y1 - y0)))
-    side = max(1, min(side, width, height))
-    left = int(np.clip(round(cx - side / 2), 0, width - side))
-    top = int(np.clip(round(cy - side / 2), 0, height - side))
-    return left, top, side
+    side = max(1, int(round(scale * max(x1 - x0, y1 - y0))))
+
+    def place(centre: float, extent: int) -> int:
+        lo, hi = sorted((0, extent - side))
+        return int(np.clip(round(centre - side / 2), lo, hi))
+
+    return place((x0 + x1) / 2, width), place((y0 + y1) / 2, height), side
+
+
+def cut_square(frame: np.ndarray, left: int, top: int, side: int) -> np.ndarray:
+    """frame[top:top+side, left:left+side], padded with black where the square overhangs the frame."""
+    h, w = frame.shape[:2]
+    out = np.zeros((side, side) + frame.shape[2:], frame.dtype)
+    sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + side, w), min(top + side, h)
+    out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = frame[sy0:sy1, sx0:sx1]
+    return out
 
 
 @dataclass
@@ -58,7 +69,7 @@ def crop_hand(frame: np.ndarray, hand: DetectedHand, cfg: CropConfig) -> HandCro
     """Cut, resize to ``cfg.size`` and (for left hands) mirror to a right hand, keypoints alongside."""
     h, w = frame.shape[:2]
     left, top, side = square_crop_box(hand.box, w, h, cfg.scale)
-    patch = frame[top:top + side, left:left + side]
+    patch = cut_square(frame, left, top, side)
     s = cfg.size / side
     image = cv2.resize(patch, (cfg.size, cfg.size), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     kp = (hand.keypoints.astype(np.float64) - (left, top)) * s

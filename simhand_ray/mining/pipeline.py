@@ -278,8 +278,9 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
         n = min(labeler_concurrency(cfg), len(todo))
         log.info("label: %d labeler actors, each {CPU: %s, GPU: %s}", n, lab.cpus_per_labeler, lab.gpus_per_labeler)
         ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
-            LabelWorker, fn_constructor_kwargs={"cfg_dict": cfg_dict}, batch_size=1, concurrency=n,
-            num_cpus=lab.cpus_per_labeler, num_gpus=lab.gpus_per_labeler or None, max_task_retries=3)
+            LabelWorker, fn_constructor_kwargs={"cfg_dict": cfg_dict}, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=n), num_cpus=lab.cpus_per_labeler,
+            num_gpus=lab.gpus_per_labeler or None)  # Ray Data retries an item whose actor died
         bar = tqdm(total=len(todo), unit="item", desc="label", disable=not progress, mininterval=2)
         for row in ds.iter_rows():
             for k in ("frames_decoded", "frames_kept", "hands_found", "hands_kept", "rejects"):

@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import pickle
+import re
 import warnings
 from typing import Sequence
 
@@ -60,12 +61,15 @@ def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:  # torch reports truncated or non-torch files as unpickling errors too
+            raise CheckpointError(f"cannot read checkpoint {uri}: not a torch.save file, or truncated") from e
         raise CheckpointError(
-            f"checkpoint {uri} holds Python objects besides tensors (mmengine checkpoints pickle numpy "
-            f"metadata), so it cannot be loaded with torch.load(weights_only=True). If you trust the file, re-save "
-            f"only its weights: sd = torch.load(path, map_location='cpu', weights_only=False); "
-            f"torch.save(sd.get('state_dict', sd), 'weights.pth'). ({type(e).__name__}: {str(e)[:300]})") from e
-    except Exception as e:  # truncated or not a torch file at all
+            f"checkpoint {uri} pickles {found.group(1)}, not only tensors (mmengine training checkpoints keep "
+            f"numpy metadata), so it cannot be loaded with torch.load(weights_only=True). If you trust the file, "
+            f"re-save its state dict: ckpt = torch.load(path, map_location='cpu', weights_only=False); "
+            f"torch.save(ckpt.get('state_dict', ckpt), 'weights.pth')") from e
+    except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {uri}: {type(e).__name__}: {e}") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

@@ -1,0 +1,180 @@
+"""The pose-retrieval probe job (maths in ``probe``): mined hands -> trunk embeddings -> probe table.
+
+Hands (``schema.HANDS`` Parquet, e.g. the mine job's ``hands/``) are subsampled in the driver from their
+small columns; the crops are read by Ray Data and embedded by ``TrunkEmbedder`` actors (one model per
+actor, loaded in ``__init__``); nearest neighbours and distances are computed in the driver. Pass hands
+the trunks did not see in pre-training (a held-out mine run, or held-out videos) for a fair probe.
+Writes ``probe_retrieval.json``, ``probe_retrieval.csv`` and ``probe_retrieval.png``.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from simhand_ray import schema, storage
+from simhand_ray.evaluate import preprocess, probe
+from simhand_ray.evaluate.model import make_trunk
+
+log = logging.getLogger(__name__)
+
+PROBE_JSON = "probe_retrieval.json"
+PROBE_CSV = "probe_retrieval.csv"
+PROBE_PNG = "probe_retrieval.png"
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """``trunks``: weights files, each optionally labelled ``label=uri``; ``arch`` of the random-init row
+    ("auto": the first trunk's architecture, resnet50 without trunks)."""
+    hands: str = ""
+    output: str = ""
+    trunks: tuple[str, ...] = ()
+    random_init: bool = True
+    arch: str = "auto"
+    input_size: int = 128
+    max_hands: int = 5000
+    seed: int = 0
+    batch_size: int = 64
+    num_workers: int = 1
+    use_gpu: bool = False
+
+    def __post_init__(self):
+        if not (self.hands and self.output):
+            raise ValueError("the retrieval probe needs --hands and --output")
+
+    def labelled_trunks(self) -> list[tuple[str, str]]:
+        out = []
+        for t in self.trunks:
+            label, _, uri = t.partition("=") if "=" in t and "://" not in t.split("=", 1)[0] else ("", "", t)
+            out.append((label or storage.basename(uri), uri))
+        return out
+
+
+class TrunkEmbedder:
+    """Ray Data actor: crop JPEGs -> global-average-pooled trunk features (B, C)."""
+
+    def __init__(self, weights: str, arch: str, input_size: int, seed: int, use_gpu: bool = False):
+        torch.manual_seed(seed)          # the random-init row is the same network in every actor
+        self.trunk, _ = make_trunk(arch, weights)
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.trunk.to(self.device).eval()
+        self.size = input_size
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        imgs = []
+        for data in batch["crop_jpeg"]:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            img = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (self.size, self.size), interpolation=cv2.INTER_AREA)
+            imgs.append(img)
+        x = torch.as_tensor(preprocess.normalize_images(np.stack(imgs)), device=self.device)
+        return {"hand_id": batch["hand_id"], "embedding": self.trunk(x).float().cpu().numpy()}
+
+
+def _keep_hands(batch: dict[str, np.ndarray], keep: list[str]) -> dict[str, np.ndarray]:
+    mask = np.isin(np.asarray(batch["hand_id"]).astype(str), keep)
+    return {k: v[mask] for k, v in batch.items()}
+
+
+def embed_hands(cfg: ProbeConfig, hand_ids: list[str], weights: str, arch: str) -> np.ndarray:
+    """Embeddings (N, C) of the given hands, in the order of ``hand_ids``."""
+    import ray
+
+    fs, _ = storage.resolve(cfg.hands)
+    files = [storage.resolve(f)[1] for f in storage.list_files(cfg.hands, (".parquet",))]
+    ds = ray.data.read_parquet(files, filesystem=fs, columns=["hand_id", "crop_jpeg"])
+    ds = ds.map_batches(_keep_hands, fn_kwargs={"keep": hand_ids}, batch_format="numpy")
+    ds = ds.map_batches(TrunkEmbedder, fn_constructor_kwargs={"weights": weights, "arch": arch,
+                                                              "input_size": cfg.input_size, "seed": cfg.seed,
+                                                              "use_gpu": cfg.use_gpu},
+                        batch_size=cfg.batch_size, batch_format="numpy", concurrency=cfg.num_workers,
+                        num_gpus=1 if cfg.use_gpu else 0)
+    got: dict[str, np.ndarray] = {}
+    for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):
+        got.update(zip((str(h) for h in b["hand_id"]), b["embedding"]))
+    missing = [h for h in hand_ids if h not in got]
+    if missing:
+        raise RuntimeError(f"{len(missing)} hands got no embedding (first: {missing[0]})")
+    return np.stack([got[h] for h in hand_ids])
+
+
+def _resolve_arch(cfg: ProbeConfig) -> str:
+    if cfg.arch != "auto":
+        return cfg.arch
+    if cfg.trunks:
+        return make_trunk("auto", cfg.labelled_trunks()[0][1])[1]
+    return "resnet50"
+
+
+def _write_outputs(cfg: ProbeConfig, rows: list[dict], dists: dict[str, np.ndarray]) -> None:
+    cols = ["method", "weights", "queries", "mean", "median", "p90"]
+    lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
+    storage.write_bytes_atomic(storage.join(cfg.output, PROBE_CSV), ("\n".join(lines) + "\n").encode())
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    names = [r["method"] for r in rows]
+    ax1.barh(names, [r["mean"] for r in rows], color="tab:blue")
+    ax1.invert_yaxis()
+    ax1.set_xlabel("mean pose distance to the retrieved hand (lower = better)")
+    for name, d in dists.items():
+        d = np.sort(d[np.isfinite(d)])
+        ax2.plot(d, np.arange(1, d.size + 1) / max(1, d.size), label=name)
+    ax2.set_xlabel("pose distance")
+    ax2.set_ylabel("fraction of queries")
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"pose retrieval probe ({rows[0]['queries'] if rows else 0} queries)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    storage.write_bytes_atomic(storage.join(cfg.output, PROBE_PNG), buf.getvalue())
+
+
+def run_retrieval_probe(cfg: ProbeConfig) -> dict:
+    """Run the probe for every trunk (+ random init, pose oracle, chance); returns the table it writes."""
+    storage.check_writable(cfg.output)
+    table = storage.read_parquet(cfg.hands, columns=["hand_id", "video_id", "keypoints"], schema=schema.HANDS)
+    rng = np.random.default_rng(cfg.seed)
+    index = np.arange(table.num_rows)
+    if cfg.max_hands and table.num_rows > cfg.max_hands:
+        index = np.sort(rng.choice(table.num_rows, cfg.max_hands, replace=False))
+    hand_ids = [str(h) for h in np.asarray(table.column("hand_id").to_pylist(), dtype=object)[index]]
+    video_ids = np.asarray(table.column("video_id").to_pylist(), dtype=object)[index].astype(str)
+    poses = probe.canonical_poses(schema.keypoints_array(table.column("keypoints"))[index])
+    log.info("probe over %d hands from %d videos", len(hand_ids), len(set(video_ids)))
+
+    methods: list[tuple[str, str, np.ndarray]] = []
+    arch = _resolve_arch(cfg)
+    for label, uri in cfg.labelled_trunks():
+        methods.append((label, uri, probe.nearest_by_cosine(embed_hands(cfg, hand_ids, uri, "auto"), video_ids)))
+    if cfg.random_init:
+        methods.append((f"random-init {arch}", "", probe.nearest_by_cosine(embed_hands(cfg, hand_ids, "", arch), video_ids)))
+    methods.append(("pose oracle", "", probe.nearest_by_pose(poses, video_ids)))
+    methods.append(("chance (random other video)", "", probe.random_other_video(video_ids, rng)))
+
+    rows, dists = [], {}
+    for name, uri, nn in methods:
+        d = probe.retrieval_distances(poses, nn)
+        dists[name] = d
+        rows.append({"method": name, "weights": uri, **probe.summarize(d)})
+    result = {"rows": rows, "hands": len(hand_ids), "videos": int(len(set(video_ids))), "config": asdict(cfg),
+              "distance": "mean joint distance of wrist-relative, RMS-normalised 2D poses"}
+    storage.write_json_atomic(storage.join(cfg.output, PROBE_JSON), result)
+    _write_outputs(cfg, rows, dists)
+    return result
+
+
+def format_table(rows: list[dict]) -> str:
+    """The probe rows as a markdown table."""
+    out = ["| method | queries | mean | median | p90 |", "|---|---:|---:|---:|---:|"]
+    out += [f"| {r['method']} | {r['queries']} | {r['mean']:.4f} | {r['median']:.4f} | {r['p90']:.4f} |" for r in rows]
+    return "\n".join(out)

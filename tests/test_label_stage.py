@@ -1,0 +1,143 @@
+"""The label stage end to end through real Ray: sample data, local vs S3, bad inputs, kill + re-run, job submit."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, real_data
+from simhand_ray import schema, storage
+from simhand_ray.config import LabelConfig
+from simhand_ray.mining.crops import decode_jpeg
+
+pytestmark = pytest.mark.slow
+
+
+def run_stage(inputs, output, **kw):
+    from simhand_ray.mining.pipeline import run_label_stage
+    return run_label_stage(LabelConfig(inputs=tuple(map(str, inputs)), output=str(output), **kw), progress=False)
+
+
+def hand_ids(output):
+    ids = storage.read_parquet(storage.join(str(output), "hands"), columns=["hand_id"])["hand_id"].to_pylist()
+    assert len(ids) == len(set(ids)), "duplicate hand_ids"
+    return set(ids)
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sample")
+    shutil.copy(real_data("videos", "Megamind.avi"), d / "Megamind.avi")
+    for name in ("handSrc.jpg", "fruits.jpg"):
+        shutil.copy(real_data("images", name), d / name)
+    return d
+
+
+def test_local_and_s3_outputs_hold_the_same_hands(ray_cluster, sample_dir, tmp_path, s3_bucket):
+    local = run_stage([sample_dir], tmp_path / "out", segment_frames=100)
+    remote = run_stage([sample_dir], f"{s3_bucket}/out", segment_frames=100)
+    ids = hand_ids(tmp_path / "out")
+    assert ids == hand_ids(f"{s3_bucket}/out")
+    assert any(i.startswith("sample") and ":handSrc:" in i for i in ids)
+    assert sum(":Megamind:" in i for i in ids) >= 3
+    assert local["frames_kept"] == remote["frames_kept"] == 9 + 2   # 270 frames / 30 + 2 images
+    assert local["work_items"] == 2 + 1      # keyframes 0, 1, 98, 154, 200: segments [0, 154), [154, 270); 1 image chunk
+    hands = storage.read_parquet(str(tmp_path / "out" / "hands"), schema=schema.HANDS)
+    assert hands.schema.equals(schema.HANDS, check_metadata=False)
+    kp = schema.keypoints_array(hands["keypoints"])
+    assert kp.shape == (len(hands), 21, 2) and np.all((kp >= -1) & (kp <= 225))
+    for jpeg in hands["crop_jpeg"].to_pylist():
+        assert decode_jpeg(jpeg).shape == (224, 224, 3)
+    manifest = storage.read_json(str(tmp_path / "out" / "label_manifest.json"))
+    assert manifest["config"]["filter"]["min_det_score"] == 0.5        # thresholds recorded with the output
+    # a re-run over a finished output does nothing and changes nothing
+    again = run_stage([sample_dir], tmp_path / "out", segment_frames=100)
+    assert again["work_items_run"] == 0 and hand_ids(tmp_path / "out") == ids
+    # other settings into the same output: refused
+    with pytest.raises(ValueError, match="other settings"):
+        run_stage([sample_dir], tmp_path / "out", segment_frames=100, every_n=10)
+
+
+def test_bad_inputs_go_to_rejects_and_the_rest_is_labeled(ray_cluster, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    video = real_data("videos", "Megamind.avi").read_bytes()
+    image = real_data("images", "handSrc.jpg").read_bytes()
+    (d / "good.avi").write_bytes(video)
+    (d / "truncated.avi").write_bytes(video[: len(video) // 2])
+    (d / "notavideo.mp4").write_text("plain text with a video extension")
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "truncated.jpg").write_bytes(image[: len(image) // 3])
+    (d / "good.jpg").write_bytes(image)
+    shutil.copy(real_data("videos", "Megamind_bugy.avi"), d / "damaged_pictures.avi")
+    manifest = tmp_path / "inputs.txt"
+    manifest.write_text("\n".join([str(p) for p in sorted(d.iterdir())] + [str(d / "missing.avi")]))
+    summary = run_stage([manifest], tmp_path / "out")
+    rejects = storage.read_parquet(str(tmp_path / "out" / "rejects")).to_pylist()
+    by_file = {os.path.basename(r["uri"]): r for r in rejects}
+    assert by_file["truncated.avi"]["reason"] == "truncated" and "of 270 frames" in by_file["truncated.avi"]["detail"]
+    assert by_file["notavideo.mp4"]["reason"] == "not_a_video"
+    assert by_file["missing.avi"]["reason"] == "missing"
+    assert by_file["empty.jpg"]["reason"] == by_file["truncated.jpg"]["reason"] == "unreadable_image"
+    assert set(by_file) == {"truncated.avi", "notavideo.mp4", "missing.avi", "empty.jpg", "truncated.jpg"}
+    ids = hand_ids(tmp_path / "out")
+    for stem in ("good", "truncated", "damaged_pictures"):   # the truncated video's decoded frames are kept
+        assert any(f":{stem}:" in i for i in ids), stem
+    segments = storage.read_parquet(str(tmp_path / "out" / "segments")).to_pylist()
+    damaged = [s for s in segments if s["video_id"] == "damaged_pictures"]
+    assert damaged[0]["frames_decoded"] == 270                         # decodes cleanly; pictures are just bad
+    assert summary["rejects"] == {"truncated": 1, "not_a_video": 1, "missing": 1, "unreadable_image": 2}
+
+
+def _mine_cmd(inputs, output):
+    cmd = [sys.executable, str(REPO / "jobs" / "mine.py"), "--stage", "label", "--output", str(output),
+           "--every-n", "3", "--segment-frames", "30"]
+    for i in inputs:
+        cmd += ["--input", str(i)]
+    return cmd
+
+
+def test_killed_job_resumes_with_the_same_hands(ray_cluster, tmp_path):
+    import ray
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("Megamind.avi", "Megamind_bugy.avi"):
+        shutil.copy(real_data("videos", name), d / name)
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_mine_cmd([d], out), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seg_dir = out / "segments"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (seg_dir.exists() and len(list(seg_dir.glob("*.parquet"))) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(seg_dir.glob("*.parquet")))
+    subprocess.run(_mine_cmd([d], out), env=env, cwd=REPO, check=True, capture_output=True)
+    reference = tmp_path / "reference"
+    subprocess.run(_mine_cmd([d], reference), env=env, cwd=REPO, check=True, capture_output=True)
+    assert hand_ids(out) == hand_ids(reference) and len(hand_ids(out)) > 0
+    n_items = len(list((reference / "segments").glob("*.parquet")))
+    assert n_items == 4 + 5            # segments between keyframes at least 30 frames apart
+    assert 2 <= done_at_kill < n_items, f"the kill came too late to test resuming ({done_at_kill} items done)"
+    assert len(list(seg_dir.glob("*.parquet"))) == n_items
+    a = pq.read_table(out / "hands").sort_by("hand_id")
+    b = pq.read_table(reference / "hands").sort_by("hand_id")
+    assert a["keypoints"].equals(b["keypoints"]) and a["crop_jpeg"].equals(b["crop_jpeg"])
+
+
+def test_ray_job_submit(ray_cluster, tmp_path):
+    out = tmp_path / "submitted"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", ray_cluster,
+           "--working-dir", str(REPO), "--", "python", "jobs/mine.py", "--stage", "label",
+           "--input", "data/sample/images", "--output", str(out)]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "succeeded" in res.stdout
+    assert any(":handSrc:" in i for i in hand_ids(out))

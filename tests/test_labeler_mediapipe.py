@@ -1,0 +1,53 @@
+"""The MediaPipe labeler on real pictures: it finds the hands, and mirrored crops keep their keypoints."""
+import numpy as np
+import pytest
+
+from conftest import real_data
+from simhand_ray.config import CropConfig, LabelerConfig
+from simhand_ray.mining.crops import crop_hand, mirror
+from simhand_ray.mining.frames import Segment, decode_segment, read_image
+
+
+@pytest.fixture(scope="module")
+def labeler():
+    from simhand_ray.mining.labelers.mediapipe import MediaPipeLabeler
+    lab = MediaPipeLabeler(LabelerConfig())
+    yield lab
+    lab.close()
+
+
+def test_finds_the_hand_in_handsrc(labeler):
+    img = read_image(str(real_data("images", "handSrc.jpg")))
+    hands, = labeler.label([img])
+    assert len(hands) == 1
+    h = hands[0]
+    assert h.keypoints.shape == (21, 2) and h.keypoint_scores.shape == (21,)
+    assert h.handedness in ("left", "right") and 0 < h.det_score <= 1
+    # the hand fills most of this picture: its box is large, inside the image
+    x0, y0, x1, y1 = h.box
+    assert x1 - x0 > 300 and y1 - y0 > 300 and x0 >= -5 and x1 <= 645
+
+
+def test_finds_hands_in_megamind_frames_and_none_in_a_building(labeler):
+    path = str(real_data("videos", "Megamind.avi"))
+    frames = dict(decode_segment(path, Segment(0, 270, None), every_n=30))
+    found = labeler.label([frames[i] for i in (60, 90, 180)])
+    assert all(len(h) >= 1 for h in found)
+    building = read_image(str(real_data("images", "building.jpg")))
+    assert labeler.label([building]) == [[]]
+
+
+def test_mirrored_left_hand_crop_keypoints_land_where_the_labels_put_them(labeler):
+    """Label a frame, crop a hand as a left hand (mirrored), then label the crop itself: MediaPipe's
+    keypoints on the mirrored crop must agree with the stored (mirrored) keypoints."""
+    img = read_image(str(real_data("images", "Back_Projection1_Source_Image.jpg")))
+    hand, = labeler.label([img])[0]
+    hand.handedness = "left"
+    crop = crop_hand(img, hand, CropConfig())
+    assert crop.mirrored
+    relabeled, = labeler.label([crop.image])[0]
+    err = np.linalg.norm(relabeled.keypoints - crop.keypoints, axis=1).mean()
+    assert err < 8.0, f"mean keypoint disagreement {err:.1f} px on a 224 px crop"
+    # and without the mirror the keypoints would be far off (the check can fail)
+    _, unmirrored = mirror(crop.image, crop.keypoints)
+    assert np.linalg.norm(relabeled.keypoints - unmirrored, axis=1).mean() > 3 * err
