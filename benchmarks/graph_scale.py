@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from simhand_ray.config import GraphConfig  # noqa: E402
 from simhand_ray.graph.index import IndexParams, ShardIndex  # noqa: E402
-from simhand_ray.graph.knn import ShardedKnn, peak_rss_mb, video_ranges  # noqa: E402
+from simhand_ray.graph.knn import ShardedKnn, cpu_seconds, peak_rss_mb, video_ranges  # noqa: E402
 from simhand_ray.mining.descriptors import hand_descriptors  # noqa: E402
 
 log = logging.getLogger("simhand.bench.graph")
@@ -141,6 +141,7 @@ def run_one(x, lo, hi, cfg: GraphConfig, sample_rows, truth) -> dict:
     k = cfg.k
     found = np.full((len(sample_rows), k), -1, np.int64)
     fewer = own = 0
+    load0, cpu0 = os.getloadavg()[0], cpu_seconds()
     t0 = time.perf_counter()
     with ShardedKnn(x, lo, hi, cfg) as knn:
         t_build = time.perf_counter() - t0
@@ -156,6 +157,8 @@ def run_one(x, lo, hi, cfg: GraphConfig, sample_rows, truth) -> dict:
         "index": cfg.index, "shards": len(workers), "build_s": t_build, "query_s": t_total - t_build,
         "total_s": t_total, "recall@10": recall_at_k(found, truth), "fewer_than_k": fewer, "own_video": own,
         "worker_peak_mb": max(w["peak_rss_mb"] for w in workers), "driver_peak_mb": peak_rss_mb(),
+        "workers_cpu_s": sum(w["cpu_s"] for w in workers), "driver_cpu_s": cpu_seconds() - cpu0,
+        "loadavg": (load0 + os.getloadavg()[0]) / 2,
     }
 
 
@@ -218,14 +221,18 @@ def main(argv=None) -> int:
 
 
 def print_table(rows: list[dict], exact_max: int) -> None:
-    hdr = (f"{'N':>9} {'index':>6} {'S':>2} {'build s':>8} {'query s':>8} {'total s':>8} {'recall@10':>9} "
-           f"{'<k':>4} {'own':>4} {'own@10 plain':>12} {'worker MB':>9} {'driver MB':>9}")
+    hdr = (f"{'N':>9} {'index':>6} {'S':>2} {'build s':>8} {'query s':>8} {'total s':>8} {'cpu s':>8} "
+           f"{'recall@10':>9} {'<k':>4} {'own':>4} {'own@10 plain':>12} {'worker MB':>9} {'driver MB':>9} "
+           f"{'load':>5}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         print(f"{r['n']:>9} {r['index']:>6} {r['shards']:>2} {r['build_s']:>8.1f} {r['query_s']:>8.1f} "
-              f"{r['total_s']:>8.1f} {r['recall@10']:>9.4f} {r['fewer_than_k']:>4} {r['own_video']:>4} "
-              f"{r['own_at_k_plain']:>12.3f} {r['worker_peak_mb']:>9.0f} {r['driver_peak_mb']:>9.0f}")
+              f"{r['total_s']:>8.1f} {r['workers_cpu_s'] + r['driver_cpu_s']:>8.1f} {r['recall@10']:>9.4f} "
+              f"{r['fewer_than_k']:>4} {r['own_video']:>4} {r['own_at_k_plain']:>12.3f} "
+              f"{r['worker_peak_mb']:>9.0f} {r['driver_peak_mb']:>9.0f} {r['loadavg']:>5.1f}")
+    print("cpu s: CPU seconds of the shard actors + the driver during the run (wall time on an idle machine is"
+          " about cpu s / cores); load: mean 1-min load average during the run")
     flat = [r for r in rows if r["index"] == "flat"]
     if flat:
         big = max(flat, key=lambda r: r["n"])
@@ -237,6 +244,8 @@ def print_table(rows: list[dict], exact_max: int) -> None:
         pts = sorted({(r["n"], r["total_s"]) for r in rows if r["index"] == kind})
         if len(pts) >= 2:
             (n0, t0), (n1, t1) = pts[0], pts[-1]
+            if n1 == n0:
+                continue
             print(f"growth {kind}: total time ~ N^{np.log(t1 / t0) / np.log(n1 / n0):.2f} "
                   f"from N={n0} to N={n1}")
 

@@ -50,19 +50,26 @@ class ProbeConfig:
     def labelled_trunks(self) -> list[tuple[str, str]]:
         out = []
         for t in self.trunks:
-            label, _, uri = t.partition("=") if "=" in t and "://" not in t.split("=", 1)[0] else ("", "", t)
+            label, sep, uri = t.partition("=")
+            if not sep or "/" in label or ":" in label:      # no label: "=" belongs to the path
+                label, uri = "", t
             out.append((label or storage.basename(uri), uri))
         return out
 
 
 class TrunkEmbedder:
-    """Ray Data actor: crop JPEGs -> global-average-pooled trunk features (B, C)."""
+    """Ray Data actor: crop JPEGs -> global-average-pooled features of each trunk, ``emb_{i}`` (B, C_i).
 
-    def __init__(self, weights: str, arch: str, input_size: int, seed: int, use_gpu: bool = False):
-        torch.manual_seed(seed)          # the random-init row is the same network in every actor
-        self.trunk, _ = make_trunk(arch, weights)
+    All trunks run in one pass so the crops are read and decoded once.
+    """
+
+    def __init__(self, trunks: list[tuple[str, str]], input_size: int, seed: int, use_gpu: bool = False):
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.trunk.to(self.device).eval()
+        self.trunks = []
+        for weights, arch in trunks:
+            torch.manual_seed(seed)      # a random-init trunk is the same network in every actor
+            trunk, _ = make_trunk(arch, weights)
+            self.trunks.append(trunk.to(self.device).eval())
         self.size = input_size
 
     @torch.inference_mode()
@@ -73,7 +80,10 @@ class TrunkEmbedder:
             img = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (self.size, self.size), interpolation=cv2.INTER_AREA)
             imgs.append(img)
         x = torch.as_tensor(preprocess.normalize_images(np.stack(imgs)), device=self.device)
-        return {"hand_id": batch["hand_id"], "embedding": self.trunk(x).float().cpu().numpy()}
+        out = {"hand_id": batch["hand_id"]}
+        for i, trunk in enumerate(self.trunks):
+            out[f"emb_{i}"] = trunk(x).float().cpu().numpy()
+        return out
 
 
 def _keep_hands(batch: dict[str, np.ndarray], keep: list[str]) -> dict[str, np.ndarray]:
@@ -81,26 +91,26 @@ def _keep_hands(batch: dict[str, np.ndarray], keep: list[str]) -> dict[str, np.n
     return {k: v[mask] for k, v in batch.items()}
 
 
-def embed_hands(cfg: ProbeConfig, hand_ids: list[str], weights: str, arch: str) -> np.ndarray:
-    """Embeddings (N, C) of the given hands, in the order of ``hand_ids``."""
+def embed_hands(cfg: ProbeConfig, hand_ids: list[str], trunks: list[tuple[str, str]]) -> list[np.ndarray]:
+    """Embeddings (N, C_i) of the given hands under each (weights, arch) trunk, rows in ``hand_ids`` order."""
     import ray
 
     fs, _ = storage.resolve(cfg.hands)
     files = [storage.resolve(f)[1] for f in storage.list_files(cfg.hands, (".parquet",))]
     ds = ray.data.read_parquet(files, filesystem=fs, columns=["hand_id", "crop_jpeg"])
     ds = ds.map_batches(_keep_hands, fn_kwargs={"keep": hand_ids}, batch_format="numpy")
-    ds = ds.map_batches(TrunkEmbedder, fn_constructor_kwargs={"weights": weights, "arch": arch,
-                                                              "input_size": cfg.input_size, "seed": cfg.seed,
-                                                              "use_gpu": cfg.use_gpu},
+    ds = ds.map_batches(TrunkEmbedder, fn_constructor_kwargs={"trunks": trunks, "input_size": cfg.input_size,
+                                                              "seed": cfg.seed, "use_gpu": cfg.use_gpu},
                         batch_size=cfg.batch_size, batch_format="numpy", concurrency=cfg.num_workers,
                         num_gpus=1 if cfg.use_gpu else 0)
-    got: dict[str, np.ndarray] = {}
+    got: dict[str, list[np.ndarray]] = {}
     for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):
-        got.update(zip((str(h) for h in b["hand_id"]), b["embedding"]))
+        for j, h in enumerate(b["hand_id"]):
+            got[str(h)] = [b[f"emb_{i}"][j] for i in range(len(trunks))]
     missing = [h for h in hand_ids if h not in got]
     if missing:
         raise RuntimeError(f"{len(missing)} hands got no embedding (first: {missing[0]})")
-    return np.stack([got[h] for h in hand_ids])
+    return [np.stack([got[h][i] for h in hand_ids]) for i in range(len(trunks))]
 
 
 def _resolve_arch(cfg: ProbeConfig) -> str:
@@ -152,12 +162,12 @@ def run_retrieval_probe(cfg: ProbeConfig) -> dict:
     poses = probe.canonical_poses(schema.keypoints_array(table.column("keypoints"))[index])
     log.info("probe over %d hands from %d videos", len(hand_ids), len(set(video_ids)))
 
-    methods: list[tuple[str, str, np.ndarray]] = []
     arch = _resolve_arch(cfg)
-    for label, uri in cfg.labelled_trunks():
-        methods.append((label, uri, probe.nearest_by_cosine(embed_hands(cfg, hand_ids, uri, "auto"), video_ids)))
+    named = [(label, uri, "auto") for label, uri in cfg.labelled_trunks()]
     if cfg.random_init:
-        methods.append((f"random-init {arch}", "", probe.nearest_by_cosine(embed_hands(cfg, hand_ids, "", arch), video_ids)))
+        named.append((f"random-init {arch}", "", arch))
+    embeddings = embed_hands(cfg, hand_ids, [(uri, a) for _, uri, a in named]) if named else []
+    methods = [(label, uri, probe.nearest_by_cosine(e, video_ids)) for (label, uri, _), e in zip(named, embeddings)]
     methods.append(("pose oracle", "", probe.nearest_by_pose(poses, video_ids)))
     methods.append(("chance (random other video)", "", probe.random_other_video(video_ids, rng)))
 

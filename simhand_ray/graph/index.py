@@ -107,16 +107,6 @@ def build_index(x: np.ndarray, params: IndexParams) -> faiss.Index:
     return index
 
 
-def _search_params(params: IndexParams, k: int, sel=None):
-    """faiss SearchParameters for this kind (nprobe / efSearch), optionally with an id selector."""
-    kw = {} if sel is None else {"sel": sel}
-    if params.kind in ("ivf", "ivfpq"):
-        return faiss.SearchParametersIVF(nprobe=params.nprobe, **kw)
-    if params.kind == "hnsw":
-        return faiss.SearchParametersHNSW(efSearch=max(params.hnsw_ef_search, k), **kw)
-    return faiss.SearchParameters(**kw) if kw else None
-
-
 def exact_sq_distances(x: np.ndarray, q: np.ndarray, ids: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Squared L2 distances in float64 between q[i] (B, d) and x[ids[i, j]] (ids (B, c), -1 = none -> inf)."""
     out = np.full(ids.shape, np.inf, dtype=np.float64)
@@ -177,35 +167,79 @@ class ShardIndex:
         small = g <= self.params.small_group
         if self.gpu_index is not None:
             small &= (kf + g) <= GPU_MAX_K
-        cands = np.full((b, kf + (int(g[small].max()) if small.any() else 0)), -1, dtype=np.int64)
+        cands = np.full((b, kf), -1, dtype=np.int64)
         if small.any():
             rows = np.flatnonzero(small)
-            kk = min(self.n, kf + int(g[rows].max()))
-            _, ids = self._plain_search(q[rows], kk)
-            own = (ids >= lo_l[rows, None]) & (ids < hi_l[rows, None])
-            ids = np.where(own, -1, ids)
-            # stable: keep faiss's order among the kept candidates, dropped ones last
-            keep = np.argsort(ids < 0, axis=1, kind="stable")[:, :kf]
-            cands[rows, :keep.shape[1]] = np.take_along_axis(ids, keep, 1)
+            cands[rows] = self._candidates(q[rows], lo_l[rows], hi_l[rows], kf, selector=False)
         if (~small).any():
             big = np.flatnonzero(~small)
-            ranges = np.stack([lo_l[big], hi_l[big]], 1)
-            uniq, inverse = np.unique(ranges, axis=0, return_inverse=True)
-            for u, (a, z) in enumerate(uniq):
+            uniq, inverse = np.unique(np.stack([lo_l[big], hi_l[big]], 1), axis=0, return_inverse=True)
+            for u in range(len(uniq)):
                 rows = big[inverse.reshape(-1) == u]
-                kk = min(kf, self.n - int(z - a))
-                if kk <= 0:
-                    continue
-                sel = faiss.IDSelectorNot(faiss.IDSelectorRange(int(a), int(z)))
-                sp = _search_params(self.params, kk, sel)
-                _, ids = self.index.search(np.ascontiguousarray(q[rows]), kk, params=sp)
-                cands[rows, :kk] = ids
+                cands[rows] = self._candidates(q[rows], lo_l[rows], hi_l[rows], kf, selector=True)
         d2 = exact_sq_distances(self.x, q, cands)
         ids, d2 = sort_by_distance_then_id(cands, d2, k)
         return np.where(ids >= 0, ids + self.offset, -1), d2
 
-    def _plain_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(self, q: np.ndarray, lo: np.ndarray, hi: np.ndarray, kf: int, selector: bool) -> np.ndarray:
+        """faiss candidates (m, kf) local ids, -1 padded, none in [lo[i], hi[i]) (local).
+
+        ``selector=False``: one plain search for kf + g candidates, own video dropped after. ``True``: all
+        rows share one range, excluded inside faiss. An approximate index spends part of its effort on
+        the excluded video (its hands sit in the same IVF lists / HNSW neighbourhood), so the effort grows
+        with g, and rows that still come back short are searched again with 4x the effort.
+        """
+        g = hi - lo
+        want = np.minimum(kf, self.n - g)
+        out = np.full((len(q), kf), -1, dtype=np.int64)
+        rows, boost = np.arange(len(q)), 1
+        while len(rows):
+            gm = int(g[rows].max())
+            if selector:
+                kk = min(kf, self.n - gm)
+                if kk <= 0:
+                    break
+                sel = faiss.IDSelectorNot(faiss.IDSelectorRange(int(lo[rows[0]]), int(hi[rows[0]])))
+                ids = self._faiss_search(q[rows], kk, gm, boost, sel)
+            else:
+                kk = min(self.n, kf + gm)
+                ids = self._faiss_search(q[rows], kk, gm, boost)
+                ids = np.where((ids >= lo[rows, None]) & (ids < hi[rows, None]), -1, ids)
+                # stable: keep faiss's order among the kept candidates, dropped ones last
+                ids = np.take_along_axis(ids, np.argsort(ids < 0, axis=1, kind="stable")[:, :kf], 1)
+            out[rows, :ids.shape[1]] = ids
+            short = (ids >= 0).sum(axis=1) < want[rows]
+            if self.params.exact or not short.any() or self._saturated(gm, boost):
+                break
+            rows, boost = rows[short], boost * 4
+        return out
+
+    def _effort(self, g: int, boost: int) -> tuple[int, int]:
+        """(nprobe, efSearch) for a query whose video has g hands here: the configured effort, plus
+        enough lists / candidates to hold those g, times ``boost``."""
+        nprobe = self.params.nprobe
+        if self.params.kind in ("ivf", "ivfpq"):
+            nlist = int(self.index.nlist)
+            nprobe = min(nlist, (nprobe + math.ceil(g * nlist / max(self.n, 1))) * boost)
+        return nprobe, (self.params.hnsw_ef_search + g) * boost
+
+    def _saturated(self, g: int, boost: int) -> bool:
+        nprobe, ef = self._effort(g, boost)
+        if self.params.kind in ("ivf", "ivfpq"):
+            return nprobe >= int(self.index.nlist)
+        return ef >= max(self.n, 1) or boost >= 1024
+
+    def _faiss_search(self, q: np.ndarray, k: int, g: int, boost: int, sel=None) -> np.ndarray:
+        """Local ids (m, k) from faiss with the effort for g (see _effort); -1 where nothing was found."""
         q = np.ascontiguousarray(q)
-        if self.gpu_index is not None:
-            return self.gpu_index.search(q, k)
-        return self.index.search(q, k, params=_search_params(self.params, k))
+        if self.gpu_index is not None and sel is None and boost == 1:
+            return self.gpu_index.search(q, k)[1]
+        nprobe, ef = self._effort(g, boost)
+        kw = {} if sel is None else {"sel": sel}
+        if self.params.kind in ("ivf", "ivfpq"):
+            sp = faiss.SearchParametersIVF(nprobe=nprobe, **kw)
+        elif self.params.kind == "hnsw":
+            sp = faiss.SearchParametersHNSW(efSearch=max(ef, k), **kw)
+        else:
+            sp = faiss.SearchParameters(**kw) if kw else None
+        return self.index.search(q, k, params=sp)[1]

@@ -77,6 +77,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) this process has used."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 # --- the Ray part --------------------------------------------------------------------------------------
 
 def _shard_actor_class():
@@ -104,7 +110,8 @@ def _shard_actor_class():
 
         def stats(self) -> dict:
             return {"n": self.shard.n, "offset": self.shard.offset, "build_s": round(self.build_s, 3),
-                    "search_s": round(self.search_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+                    "search_s": round(self.search_s, 3), "cpu_s": round(cpu_seconds(), 2),
+                    "peak_rss_mb": round(peak_rss_mb(), 1)}
 
     return ShardActor
 

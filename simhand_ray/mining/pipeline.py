@@ -2,9 +2,9 @@
 
 Data flow:
   1. driver: expand ``--input`` into files (listing only);
-  2. Ray tasks (``flat_map``): probe each video and split it at keyframes into segments; images are grouped
-     into chunks; unreadable inputs become reject items. Materialised: the rows are tiny, and it frees
-     every CPU for step 3;
+  2. Ray tasks: probe each video and split it at keyframes into segments; images are grouped into chunks;
+     unreadable inputs become reject items. Gathered on the driver (the rows are tiny), which frees every
+     CPU for step 3 and gives the progress bar its total;
   3. labeler actors (``map_batches``, one work item per call): decode the segment (1 frame in N, in a
      prefetch thread so decoding overlaps labeling), label, filter, crop, and commit the item.
 
@@ -74,10 +74,10 @@ def plan_images(files: list[InputFile], per_item: int) -> list[dict]:
     return out
 
 
-def _plan_rows(row: dict, cfg_dict: dict) -> list[dict]:
+def plan_videos(files: list[dict], cfg_dict: dict) -> list[dict]:
+    """A chunk of videos -> their work items (runs as a Ray task: probing opens every file)."""
     cfg = from_dict(LabelConfig, cfg_dict)
-    f = InputFile(**json.loads(row["file"]))
-    return [{"work_id": item["work_id"], "payload": json.dumps(item)} for item in plan_video(f, cfg)]
+    return [item for f in files for item in plan_video(InputFile(**f), cfg)]
 
 
 # --- step 3: one work item -----------------------------------------------------------------------------
@@ -260,11 +260,11 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
 
     cfg_dict = asdict(cfg)
     items: list[dict] = []
-    if videos:
-        planned = ray.data.from_items([{"file": json.dumps(asdict(f))} for f in videos],
-                                      override_num_blocks=min(len(videos), 200))
-        planned = planned.flat_map(_plan_rows, fn_kwargs={"cfg_dict": cfg_dict}, num_cpus=0.5)
-        items += planned.take_all()
+    if videos:  # probe + split in parallel Ray tasks, a chunk of videos each
+        plan = ray.remote(num_cpus=0.5)(plan_videos)
+        chunks = [[asdict(f) for f in videos[i:i + 16]] for i in range(0, len(videos), 16)]
+        items += [{"work_id": it["work_id"], "payload": json.dumps(it)}
+                  for part in ray.get([plan.remote(c, cfg_dict) for c in chunks]) for it in part]
     items += [{"work_id": it["work_id"], "payload": json.dumps(it)} for it in plan_images(images, cfg.images_per_item)]
     done = done_work_ids(cfg.output)
     todo = [it for it in items if it["work_id"] not in done]

@@ -49,11 +49,11 @@ _LENGTHS = np.array([          # segments after the base joint: (proximal, middl
     [0.034, 0.020, 0.019],
 ])
 _RADII = np.array([            # half-thickness at (base, 2nd, 3rd, tip) joints of each digit
-    [0.0135, 0.0110, 0.0098, 0.0086],
-    [0.0096, 0.0088, 0.0078, 0.0068],
-    [0.0098, 0.0090, 0.0080, 0.0070],
-    [0.0092, 0.0085, 0.0076, 0.0066],
-    [0.0082, 0.0074, 0.0066, 0.0058],
+    [0.0135, 0.0115, 0.0104, 0.0092],
+    [0.0104, 0.0096, 0.0085, 0.0075],
+    [0.0106, 0.0098, 0.0087, 0.0077],
+    [0.0100, 0.0093, 0.0083, 0.0073],
+    [0.0090, 0.0082, 0.0073, 0.0064],
 ])
 WRIST_RADIUS = 0.024
 # Rest direction of each finger: fan angle about the palmar axis (radial > 0) and a roll about its own

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from simhand_ray.synthetic.hand_model import HandShape
@@ -153,22 +154,33 @@ def hand_primitives(joints: np.ndarray, frames: np.ndarray, shape: HandShape, lo
         return wrist + palm_frame @ (np.array([x, y, z]) * s)
 
     skin = _material(look.skin, look.palm, palmar, 0.06, owner)
-    # Forearm, and optionally a sleeve over it a few centimetres up from the wrist.
-    prim.capsule(at(0.0, 0.012), at(0.0, -0.24), r[0], 1.25 * r[0], _material(look.skin, look.palm, palmar, 0.05, owner))
+    # Forearm: a rounded slab (two edge capsules + the face turned to the camera) thickening from the
+    # wrist up, and optionally a sleeve over it a few centimetres up from the wrist.
+    arm = _material(look.skin, look.palm, palmar, 0.05, owner)
+    arm_r0, arm_r1, arm_w = 1.05 * half, 0.75 * r[0], 0.45 * r[0]
+    ends = [at(arm_w / s, 0.0), at(-arm_w / s, 0.0), at(-1.3 * arm_w / s, -0.24), at(1.3 * arm_w / s, -0.24)]
+    prim.capsule(ends[0], ends[3], arm_r0, arm_r1, arm)
+    prim.capsule(ends[1], ends[2], arm_r0, arm_r1, arm)
+    rad = [arm_r0, arm_r0, arm_r1, arm_r1]
+    toward = _facing(palmar, at(0.0, -0.06))
+    quad = [e + palmar * (toward * q) for e, q in zip(ends, rad)]
+    arm_face = _material(look.skin, look.palm, palmar, 0.05, owner,
+                         dome=(at(0.0, -0.12) + palmar * toward * arm_r1, 2.0 * arm_w, palmar * toward))
+    prim.triangle(quad[0], quad[1], quad[2], arm_face)
+    prim.triangle(quad[0], quad[2], quad[3], arm_face)
     if look.sleeve is not None:
         prim.capsule(at(0.0, -look.sleeve_start / s), at(0.0, -0.24), 1.3 * r[0], 1.5 * r[0],
                      _material(look.sleeve, spec=0.02, owner=owner))
     # Palm slab: a fan of triangles on each face; rim points run radial wrist -> MCPs -> ulnar wrist.
-    rim = [at(0.022, 0.004), at(0.029, 0.030), at(0.028, 0.060), joints[5], joints[9], joints[13], joints[17],
+    rim = [at(0.020, 0.004), at(0.027, 0.026), at(0.027, 0.050), joints[5], joints[9], joints[13], joints[17],
            at(-0.034, 0.045), at(-0.024, 0.006)]
     centre = at(-0.002, 0.046)
-    toward = -1.0 if palmar @ centre > 0 else 1.0       # the face turned to the camera; the other is hidden
-    for sign in (toward,):
-        off = palmar * (sign * half)
-        face = _material(look.skin, look.palm, palmar, 0.05, owner, dome=(centre + off, 0.045 * s, palmar * sign))
-        for a, b in zip(rim[:-1], rim[1:]):
-            prim.triangle(centre + off, a + off, b + off, face)
-        prim.triangle(centre + off, rim[-1] + off, rim[0] + off, face)
+    sign = _facing(palmar, centre)
+    off = palmar * (sign * half)
+    face = _material(look.skin, look.palm, palmar, 0.05, owner, dome=(centre + off, 0.045 * s, palmar * sign))
+    for a, b in zip(rim[:-1], rim[1:]):
+        prim.triangle(centre + off, a + off, b + off, face)
+    prim.triangle(centre + off, rim[-1] + off, rim[0] + off, face)
     # Rounded palm edges: radial border, ulnar border (hypothenar), heel, and the knuckles.
     edge_r = 0.96 * half
     for a, b in zip(rim[:-1], rim[1:]):
@@ -176,7 +188,7 @@ def hand_primitives(joints: np.ndarray, frames: np.ndarray, shape: HandShape, lo
     prim.capsule(rim[-1], rim[0], edge_r, edge_r, skin)
     prim.capsule(at(-0.022, 0.020, 0.003), at(-0.030, 0.055, 0.003), 1.08 * half, 0.95 * half, skin)
     # Thenar eminence: the fleshy mound over the thumb metacarpal.
-    prim.capsule(at(0.020, 0.018, 0.006), joints[2], 1.4 * half, 0.9 * r[2], skin)
+    prim.capsule(at(0.022, 0.020, -0.002), joints[2], 1.3 * half, 0.9 * r[2], skin)
     # Webs: skin joining neighbouring proximal phalanges a third of the way up, and the thumb to the index.
     for f in (5, 9, 13):
         a, b = joints[f], joints[f + 4]
@@ -211,6 +223,12 @@ def hand_primitives(joints: np.ndarray, frames: np.ndarray, shape: HandShape, lo
         prim.capsule(a + 0.45 * (tip - a) + off, tip - axis * 1.15 * rt + off, 0.5 * rt, 0.5 * rt,
                      _material(look.nail, spec=0.25, owner=owner))
     return prim
+
+
+def _facing(normal: np.ndarray, point: np.ndarray) -> float:
+    """+1 if the side of a slab that ``normal`` points out of faces a camera at the origin, else -1 (only
+    that face is drawn; the other is hidden behind the slab anyway)."""
+    return -1.0 if normal @ point > 0 else 1.0
 
 
 def occluder_primitives(p0: np.ndarray, p1: np.ndarray, radius: float, color: np.ndarray) -> Primitives:
@@ -309,7 +327,7 @@ def _shade(n: np.ndarray, z: np.ndarray, edge: np.ndarray, m: Material, light: L
     intensity = light.ambient + (1.0 - light.ambient) * diffuse
     # Skin scatters red light into its shadows; the depth cue and rim darkening separate overlaps.
     warm = _WARM + (1.0 - _WARM) * diffuse[:, None]
-    cue = np.clip(1.0 - 1.6 * (z - light.z_ref), 0.72, 1.0) * (1.0 - 0.25 * edge ** 4)
+    cue = np.clip(1.0 - 1.6 * (z - light.z_ref), 0.72, 1.0) * (1.0 - 0.12 * edge ** 4)
     color = albedo * light.color.astype(np.float32) * (intensity * cue)[:, None] * warm
     if m.spec > 0:
         h = light.direction + np.array([0.0, 0.0, -1.0])
@@ -462,7 +480,20 @@ def rasterize(prim: Primitives, K: np.ndarray, width: int, height: int, light: L
         _draw_triangle(cv, tri, K, light)
     for cap in prim.capsules:
         _draw_capsule(cv, cap, K, light)
+    _contact_shadows(cv, float(K[0, 0]))
     return Raster(cv.color, cv.depth, cv.owner, x0, y0, scale)
+
+
+def _contact_shadows(cv: _Canvas, focal: float) -> None:
+    """Darken surfaces just beside a much nearer surface (a finger over the palm): screen-space ambient
+    occlusion from the depth buffer, so overlapping parts read as separate without outlining every part."""
+    depth = np.where(np.isfinite(cv.depth), cv.depth, np.float32(1e3))
+    k = 2 * cv.scale + 1
+    nearest = cv2.erode(depth, np.ones((k, k), np.uint8))
+    occlusion = np.clip((depth - nearest - 0.006) / 0.02, 0.0, 1.0)
+    occlusion = cv2.GaussianBlur(occlusion, (0, 0), cv.scale)
+    hand = cv.owner != BACKGROUND
+    cv.color[hand] *= (1.0 - 0.35 * occlusion[hand])[:, None]
 
 
 def composite(background: np.ndarray, raster: Raster | None) -> np.ndarray:
@@ -505,3 +536,14 @@ def hand_box(joints: np.ndarray, radii: np.ndarray, K: np.ndarray, width: int, h
     rho = float(K[0, 0]) * radii / np.maximum(joints[:, 2], Z_NEAR)
     box = np.array([np.min(uv[:, 0] - rho), np.min(uv[:, 1] - rho), np.max(uv[:, 0] + rho), np.max(uv[:, 1] + rho)])
     return np.clip(box, [0, 0, 0, 0], [width, height, width, height])
+
+
+def apply_camera(image: np.ndarray, look: Appearance, rng: np.random.Generator) -> np.ndarray:
+    """Float RGB (H, W, 3) in [0, 1] -> uint8 through the video's camera: white balance, gain, gamma,
+    defocus blur and sensor noise (the noise drawn from ``rng``)."""
+    img = image * (look.white_balance * look.gain).astype(np.float32)
+    img = np.clip(img, 0.0, 1.0) ** np.float32(look.gamma)
+    if look.blur_sigma > 0:
+        img = cv2.GaussianBlur(img, (0, 0), look.blur_sigma)
+    img = img * 255.0 + np.float32(look.noise_sigma) * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)

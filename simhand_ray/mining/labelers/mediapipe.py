@@ -77,6 +77,9 @@ class MediaPipeLabeler:
         return hands
 
     def close(self) -> None:
-        if self._landmarker is not None:
-            self._landmarker.close()
-            self._landmarker = None
+        landmarker, self._landmarker = self._landmarker, None
+        if landmarker is not None:
+            try:
+                landmarker.close()
+            except RuntimeError:  # at interpreter exit mediapipe's own executor may be gone already
+                pass

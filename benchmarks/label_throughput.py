@@ -1,0 +1,123 @@
+"""Label-stage throughput: Ray Data with 1 and 2 labeler actors vs a plain Python loop over the same work
+items (same decode + label + crop + write code), and keyframe-only vs decode-all decoding.
+
+    .venv/bin/python benchmarks/label_throughput.py [--copies 8] [--every-n 5]
+
+Targets (issue 3): Ray Data >= 0.9x the plain loop on 1 worker, >= 1.7x on 2. Ratios are measured side by
+side in one run; on a 2-core machine the 2-worker run has no core left for the driver, so it is the
+harder case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+from simhand_ray.config import LabelConfig  # noqa: E402
+from simhand_ray.mining.frames import DecodeStats, Segment, decode_segment, probe_video  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_inputs(root: str, copies: int) -> str:
+    src = [os.path.join(REPO, "data/sample/videos/Megamind.avi")]
+    bugy = os.path.join(REPO, "..", "shared", "data", "real", "videos", "Megamind_bugy.avi")
+    if os.path.exists(bugy):
+        src.append(bugy)
+    d = os.path.join(root, "videos")
+    os.makedirs(d)
+    for i in range(copies):
+        for s in src:
+            shutil.copy(s, os.path.join(d, f"{i:02d}_{os.path.basename(s)}"))
+    return d
+
+
+def plain_loop(cfg: LabelConfig) -> dict:
+    """The same work items, processed one after another in this process, no Ray."""
+    from simhand_ray.mining.inputs import expand_inputs
+    from simhand_ray.mining.labelers import build_labeler
+    from simhand_ray.mining.pipeline import plan_video, process_work_item
+
+    t0 = time.time()
+    labeler = build_labeler(cfg.labeler)
+    frames = 0
+    for f in expand_inputs(cfg.inputs):
+        for item in plan_video(f, cfg):
+            frames += process_work_item(item, cfg, labeler)["frames_kept"]
+    return {"frames": frames, "seconds": time.time() - t0}
+
+
+def ray_stage(cfg: LabelConfig) -> dict:
+    from simhand_ray.mining.pipeline import run_label_stage
+
+    s = run_label_stage(cfg, progress=False)
+    return {"frames": s["frames_kept"], "seconds": s["seconds"]}
+
+
+def decode_modes(videos: str, every_n: int) -> dict:
+    """Seconds per kept frame: decode all + keep 1 in N, vs keyframes only."""
+    out = {}
+    paths = sorted(os.path.join(videos, v) for v in os.listdir(videos))
+    for mode in ("all", "keyframes"):
+        stats, t0 = DecodeStats(), time.time()
+        for p in paths:
+            info = probe_video(p, scan=False)
+            for _ in decode_segment(p, Segment(0, info.declared_frames, None), every_n, mode, stats):
+                pass
+        dt = time.time() - t0
+        out[mode] = {"kept": stats.kept, "decoded": stats.decoded, "ms_per_kept_frame": 1e3 * dt / max(stats.kept, 1)}
+    out["keyframes_speedup_per_kept_frame"] = out["all"]["ms_per_kept_frame"] / out["keyframes"]["ms_per_kept_frame"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--copies", type=int, default=8, help="copies of each sample video")
+    p.add_argument("--every-n", type=int, default=5)
+    p.add_argument("--segment-frames", type=int, default=100)
+    p.add_argument("--out", default=os.path.join(REPO, "out", "benchmarks", "label_throughput.json"))
+    a = p.parse_args()
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="label-bench-")
+    videos = make_inputs(tmp, a.copies)
+    base = dict(inputs=(videos,), every_n=a.every_n, segment_frames=a.segment_frames)
+    ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", include_dashboard=False)
+    res = {"cpus": os.cpu_count(), "videos": len(os.listdir(videos)), "every_n": a.every_n}
+    res["plain_loop"] = plain_loop(LabelConfig(output=os.path.join(tmp, "plain"), **base))
+    for n in (1, 2):
+        res[f"ray_{n}_workers"] = ray_stage(LabelConfig(output=os.path.join(tmp, f"ray{n}"), num_workers=n, **base))
+    ray.shutdown()
+    for k in ("plain_loop", "ray_1_workers", "ray_2_workers"):
+        res[k]["frames_per_s"] = res[k]["frames"] / res[k]["seconds"]
+    for n in (1, 2):
+        res[f"ray_{n}_vs_plain"] = res[f"ray_{n}_workers"]["frames_per_s"] / res["plain_loop"]["frames_per_s"]
+    res["decode"] = decode_modes(videos, 30)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nlabel stage, {res['videos']} videos, 1 frame in {a.every_n}, {res['cpus']} CPUs")
+    print(f"{'path':<16}{'frames':>8}{'seconds':>10}{'frames/s':>10}{'vs plain':>10}")
+    for k, label in (("plain_loop", "plain loop"), ("ray_1_workers", "Ray Data x1"), ("ray_2_workers", "Ray Data x2")):
+        r = res[k]
+        ratio = r["frames_per_s"] / res["plain_loop"]["frames_per_s"]
+        print(f"{label:<16}{r['frames']:>8}{r['seconds']:>10.1f}{r['frames_per_s']:>10.2f}{ratio:>9.2f}x")
+    d = res["decode"]
+    print(f"\ndecode, 1 frame in 30: all = {d['all']['ms_per_kept_frame']:.2f} ms/kept frame ({d['all']['kept']} kept), "
+          f"keyframes = {d['keyframes']['ms_per_kept_frame']:.2f} ms/kept frame ({d['keyframes']['kept']} kept): "
+          f"{d['keyframes_speedup_per_kept_frame']:.1f}x")
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"\nwritten: {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Training state on disk: Ray Train checkpoints, the data-position pointer, and the final trunk.
+
+Layout under the output URI (a local directory or s3:// prefix):
+    ray_train/checkpoint_00001000/state.pt   model, optimiser, scheduler, grad scaler, step, data position
+    ray_train/checkpoint_00001000/state.json step, position, config hash, digest of model + optimiser
+    latest.json                              the last checkpoint whose upload finished (rank 0 writes it
+                                             after ``ray.train.report`` returns), read to restart the stream
+    trunk.pt                                 the trunk's state_dict at the end (torchvision names, no fc.*)
+
+Resume paths: a worker dies -> Ray Train (``FailureConfig``) restarts the worker group and
+``ray.train.get_checkpoint()`` returns the latest checkpoint; the job is submitted again over the same
+output -> Ray Train restores its run state from ``ray_train/`` and does the same.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from typing import Any
+
+import torch
+
+from simhand_ray import storage
+
+RUN_NAME = "ray_train"
+STATE_FILE = "state.pt"
+META_FILE = "state.json"
+POSITION_FILE = "latest.json"
+TRUNK_FILE = "trunk.pt"
+
+
+def dir_name(step: int) -> str:
+    return f"checkpoint_{step:08d}"
+
+
+def _hash_into(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(str((tuple(obj.shape), str(obj.dtype))).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(repr(k).encode())
+            _hash_into(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _hash_into(h, v)
+    else:
+        h.update(repr(obj).encode())
+
+
+def state_digest(*states: Any) -> str:
+    """sha256 over (nested) state dicts, tensors by value: equal digests = identical model/optimiser state."""
+    h = hashlib.sha256()
+    for s in states:
+        _hash_into(h, s)
+    return h.hexdigest()[:16]
+
+
+def save(directory: str, *, model: torch.nn.Module, optimizer, scheduler, scaler, step: int, position: dict,
+         config_hash: str) -> dict:
+    """Write ``state.pt`` + ``state.json`` into a local directory; returns the metadata written."""
+    model_state, optim_state = model.state_dict(), optimizer.state_dict()
+    meta = {"step": step, "position": position, "config_hash": config_hash,
+            "digest": state_digest(model_state, optim_state)}
+    state = {"model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None, **meta}
+    os.makedirs(directory, exist_ok=True)
+    torch.save(state, os.path.join(directory, STATE_FILE))
+    with open(os.path.join(directory, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    return meta
+
+
+def load(directory: str) -> dict:
+    """Read a checkpoint directory written by ``save`` (tensors on CPU)."""
+    return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def restore(state: dict, *, model: torch.nn.Module, optimizer, scheduler, scaler) -> str:
+    """Load ``state`` into live objects (model already on its device); returns the digest of what was loaded."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") and scaler is not None and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    return state_digest(model.state_dict(), optimizer.state_dict())
+
+
+def write_position(output: str, meta: dict) -> None:
+    storage.write_json_atomic(storage.join(output, POSITION_FILE), meta)
+
+
+def read_position(output: str) -> dict | None:
+    """The metadata of the last finished checkpoint in ``output``, or None for a new run."""
+    uri = storage.join(output, POSITION_FILE)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
+def run_storage(output: str):
+    """(storage_path, pyarrow filesystem) for ``ray.train.RunConfig``: checkpoints live under the output."""
+    fs, path = storage.resolve(output)
+    return path, fs
+
+
+def save_trunk(model: torch.nn.Module, output: str) -> str:
+    """Write the trunk's state_dict (torchvision key names, CPU tensors) to ``output/trunk.pt``."""
+    buf = io.BytesIO()
+    torch.save(model.trunk_state_dict(), buf)
+    uri = storage.join(output, TRUNK_FILE)
+    storage.write_bytes_atomic(uri, buf.getvalue())
+    return uri

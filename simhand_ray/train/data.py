@@ -1,0 +1,249 @@
+"""The pairs stream for pre-training: Parquet pairs (local dir or s3://) -> Ray Dataset of augmented views.
+
+The stream is a deterministic function of (pairs, seed, epoch):
+- The input is cut into *units* (a Parquet row group, split into ``max_unit_rows`` pieces if larger).
+- Each epoch visits the units in a seeded order, ``interleave`` units per *item*; an item's rows are
+  resampled (below) and shuffled together, so one batch mixes several files (pairs files are often written
+  in video order, and hands of one video make poor negatives for each other).
+- ``augment.augment_batch`` then makes the two views of every row in Ray Data tasks on CPU
+  (``map_batches``), so training workers only train; Ray Train streams the views to the workers
+  (``streaming_split``, equal shares).
+
+Source-balanced sampling (SPEC §3, "each source contributes equally"): with N rows, S sources and n_s rows
+in source s, every row of s has the sampling weight w_s = N / (S n_s), its expected number of copies per
+epoch. A row appears floor(w_s) times plus once more with probability frac(w_s) (seeded per unit and
+epoch), so an epoch still holds about N rows, N / S from each source: small sources are repeated (with
+different augmentations per copy), large ones subsampled. With one source, or ``balance_sources=False``,
+every row appears exactly once per epoch.
+
+Resuming: ``plan_items(..., start_samples)`` drops the items a run already consumed (``step x global
+batch`` samples) and the consumed head of the item in progress. Parallel execution means the consumed set
+is the stream's prefix only up to the batches in flight when the run stopped.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from simhand_ray import storage
+from simhand_ray.config import PretrainConfig
+from simhand_ray.schema import NUM_JOINTS
+from simhand_ray.train import augment
+
+log = logging.getLogger(__name__)
+
+_UNIT, _ITEM, _ORDER = 0, 1, 2  # seed domains
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Rows [start, stop) of one row group of one Parquet file."""
+    uri: str
+    row_group: int
+    start: int
+    stop: int
+    chunk_rows: int   # the split size used for this row group (its rows when not split)
+
+    @property
+    def num_rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class PairsIndex:
+    """The units of a pairs dataset and the source of every row (codes into ``sources``)."""
+    units: list[Unit]
+    sources: list[str]
+    unit_sources: list[np.ndarray] = field(repr=False)   # per unit: (rows,) int32 source codes
+
+    @property
+    def num_rows(self) -> int:
+        return sum(u.num_rows for u in self.units)
+
+    def source_counts(self) -> dict[str, int]:
+        counts = np.bincount(np.concatenate(self.unit_sources), minlength=len(self.sources)) if self.units else []
+        return {s: int(c) for s, c in zip(self.sources, counts)}
+
+
+def index_pairs(uri: str, max_unit_rows: int) -> PairsIndex:
+    """List the Parquet files under ``uri``, cut them into units and read the ``source`` column."""
+    files = list_pair_files(uri)
+    units, codes, names = [], [], {}
+    for f in files:
+        fs, path = storage.resolve(f)
+        with fs.open_input_file(path) as fh:
+            pf = pq.ParquetFile(fh)
+            for rg in range(pf.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                if n == 0:
+                    continue
+                src = pf.read_row_group(rg, columns=["source"]).column("source").to_pylist()
+                src_codes = np.array([names.setdefault(s or "", len(names)) for s in src], dtype=np.int32)
+                chunk = n if n <= max_unit_rows else max_unit_rows
+                for start in range(0, n, chunk):
+                    stop = min(n, start + chunk)
+                    units.append(Unit(f, rg, start, stop, chunk))
+                    codes.append(src_codes[start:stop])
+    return PairsIndex(units, list(names), codes)
+
+
+def list_pair_files(uri: str) -> list[str]:
+    """One Parquet file, or every ``*.parquet`` under a directory/prefix (sorted)."""
+    fs, path = storage.resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        return [uri]
+    files = storage.list_files(uri, (".parquet",))
+    if not files:
+        raise FileNotFoundError(f"no Parquet pairs under {uri}")
+    return files
+
+
+def source_weights(index: PairsIndex, balance: bool) -> np.ndarray:
+    """Per source code: expected copies of each of its rows per epoch, N / (S n_s) (1 when not balancing)."""
+    counts = np.array(list(index.source_counts().values()), dtype=np.float64)
+    if not balance or len(counts) <= 1:
+        return np.ones(len(counts))
+    present = counts > 0
+    w = np.zeros(len(counts))
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+def unit_multiplicity(seed: int, epoch: int, unit: int, codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(rows,) copies of each row of a unit this epoch: floor(w) + Bernoulli(frac(w)), seeded."""
+    w = weights[codes]
+    if np.all(w == 1.0):
+        return np.ones(len(codes), dtype=np.int64)
+    base = np.floor(w)
+    extra = np.random.default_rng([seed, epoch, _UNIT, unit]).random(len(codes)) < (w - base)
+    return (base + extra).astype(np.int64)
+
+
+def epoch_items(seed: int, epoch: int, num_units: int, interleave: int) -> list[list[int]]:
+    """The units of one epoch in seeded order, grouped ``interleave`` at a time."""
+    order = np.random.default_rng([seed, epoch, _ORDER]).permutation(num_units)
+    return [order[i:i + interleave].tolist() for i in range(0, num_units, interleave)]
+
+
+def item_rows(seed: int, epoch: int, item: int, units: list[int], index: PairsIndex,
+              weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows an item emits, in order: (position of the unit in ``units``, row in the unit, copy number)."""
+    pos, rows, copies = [], [], []
+    for k, u in enumerate(units):
+        mult = unit_multiplicity(seed, epoch, u, index.unit_sources[u], weights)
+        r = np.repeat(np.arange(len(mult)), mult)
+        first = np.concatenate(([0], np.cumsum(mult)[:-1]))
+        copies.append(np.arange(len(r)) - np.repeat(first, mult))
+        rows.append(r)
+        pos.append(np.full(len(r), k))
+    pos, rows, copies = np.concatenate(pos), np.concatenate(rows), np.concatenate(copies)
+    perm = np.random.default_rng([seed, epoch, _ITEM, item]).permutation(len(rows))
+    return pos[perm], rows[perm], copies[perm]
+
+
+def plan_items(index: PairsIndex, weights: np.ndarray, seed: int, interleave: int, num_epochs: int,
+               start_samples: int = 0) -> list[dict]:
+    """Work items of the stream for epochs [0, num_epochs), minus the first ``start_samples`` rows.
+
+    Each item: {"epoch", "item", "units" (list of unit indices), "skip" (rows of its head to drop)}.
+    """
+    items, seen = [], 0
+    for epoch in range(num_epochs):
+        groups = epoch_items(seed, epoch, len(index.units), interleave)
+        sizes = {u: int(unit_multiplicity(seed, epoch, u, index.unit_sources[u], weights).sum())
+                 for g in groups for u in g}
+        if seen + sum(sizes.values()) <= start_samples:
+            seen += sum(sizes.values())
+            continue
+        for j, g in enumerate(groups):
+            n = sum(sizes[u] for u in g)
+            if seen + n <= start_samples:
+                seen += n
+                continue
+            items.append({"epoch": epoch, "item": j, "units": list(g), "skip": max(0, start_samples - seen)})
+            seen += n
+    return items
+
+
+def read_unit(unit: Unit, columns: list[str]):
+    """One unit's rows (selected columns) as a pyarrow Table."""
+    fs, path = storage.resolve(unit.uri)
+    with fs.open_input_file(path) as fh:
+        pf = pq.ParquetFile(fh)
+        if unit.chunk_rows >= pf.metadata.row_group(unit.row_group).num_rows:
+            return pf.read_row_group(unit.row_group, columns=columns)
+        # A large row group is read in chunks; batches before ours are decoded and dropped.
+        parts, seen = [], 0
+        for b in pf.iter_batches(batch_size=unit.chunk_rows, row_groups=[unit.row_group], columns=columns):
+            if seen + b.num_rows > unit.start:
+                parts.append(b)
+            seen += b.num_rows
+            if seen >= unit.stop:
+                break
+        table = pa.Table.from_batches(parts)
+        offset = unit.start - (seen - table.num_rows)
+        return table.slice(offset, unit.num_rows)
+
+
+def read_columns(uses_positive: bool) -> list[str]:
+    cols = ["anchor_id", "positive_id", "anchor_jpeg", "anchor_keypoints"]
+    return cols + (["positive_jpeg", "positive_keypoints"] if uses_positive else [])
+
+
+def read_items(batch: dict[str, np.ndarray], *, index: PairsIndex, weights: np.ndarray, seed: int,
+               uses_positive: bool) -> dict[str, np.ndarray]:
+    """``map_batches`` function: work items -> their pair rows, resampled and shuffled (input of ``augment``).
+
+    Out: anchor_jpeg (m,) bytes, anchor_keypoints (m, 21, 2) float32, [positive_*], row_key, epoch, copy.
+    """
+    from simhand_ray.schema import keypoints_array
+
+    cols = read_columns(uses_positive)
+    out: dict[str, list] = {k: [] for k in ("anchor_jpeg", "anchor_keypoints", "positive_jpeg",
+                                            "positive_keypoints", "row_key", "epoch", "copy")}
+    for epoch, item, units, skip in zip(batch["epoch"], batch["item"], batch["units"], batch["skip"]):
+        units = [int(u) for u in units]
+        tables = [read_unit(index.units[u], cols) for u in units]
+        pos, rows, copies = item_rows(int(seed), int(epoch), int(item), units, index, weights)
+        pos, rows, copies = pos[int(skip):], rows[int(skip):], copies[int(skip):]
+        keys = [np.array([augment.row_key(a, p) for a, p in zip(t.column("anchor_id").to_pylist(),
+                                                                 t.column("positive_id").to_pylist())],
+                         dtype=np.int64) for t in tables]
+        for name in ("anchor", "positive") if uses_positive else ("anchor",):
+            jpegs = [np.array(t.column(f"{name}_jpeg").to_pylist(), dtype=object) for t in tables]
+            kps = [keypoints_array(t.column(f"{name}_keypoints")) for t in tables]
+            out[f"{name}_jpeg"].append(np.array([jpegs[p][r] for p, r in zip(pos, rows)], dtype=object))
+            out[f"{name}_keypoints"].append(np.stack([kps[p][r] for p, r in zip(pos, rows)])
+                                            if len(rows) else np.zeros((0, NUM_JOINTS, 2), np.float32))
+        out["row_key"].append(np.array([keys[p][r] for p, r in zip(pos, rows)], dtype=np.int64))
+        out["epoch"].append(np.full(len(rows), int(epoch), dtype=np.int64))
+        out["copy"].append(copies.astype(np.int64))
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def stream_epochs(total_steps: int, global_batch: int, num_rows: int) -> int:
+    """Epochs the stream must hold for ``total_steps`` steps, plus one for resampling and split slack."""
+    return math.ceil(total_steps * global_batch / max(num_rows, 1)) + 1
+
+
+def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start_samples: int = 0):
+    """The Ray Dataset of augmented views (``augment.VIEW_COLUMNS``) from ``start_samples`` on."""
+    import ray
+
+    weights = source_weights(index, cfg.balance_sources)
+    items = plan_items(index, weights, cfg.seed, cfg.interleave, num_epochs, start_samples)
+    if not items:
+        raise ValueError("the pairs stream is empty from this position: nothing left to train on")
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(read_items, batch_size=1, batch_format="numpy",
+                        fn_kwargs={"index": index, "weights": weights, "seed": cfg.seed,
+                                   "uses_positive": cfg.uses_positive})
+    return ds.map_batches(augment.augment_batch, batch_size=cfg.augment_batch_size, batch_format="numpy",
+                          fn_kwargs={"seed": cfg.seed, "uses_positive": cfg.uses_positive, "cfg": cfg.augment,
+                                     "fixed_views": cfg.fixed_views})

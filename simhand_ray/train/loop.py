@@ -1,0 +1,230 @@
+"""The per-worker training function for ``ray.train.torch.TorchTrainer`` (SPEC §3), and one training step.
+
+Each worker: rebuild the config, build the model (same seed everywhere), restore the latest checkpoint if
+Ray Train hands one over, wrap in DDP (gloo on CPU, NCCL on GPU: ``TorchConfig``'s default), then stream its
+share of the augmented views. The global batch is split evenly over the workers; the loss gathers negatives
+from every worker (``gather_distributed``). Mixed precision only on CUDA devices; the device always comes from
+``ray.train.torch.get_device()``.
+
+Every step's metrics (loss, lr, images/s, data wait vs compute, weight and gradient norms) are kept; rank 0
+writes them as shards with each checkpoint, logs every ``log_every`` steps, and all ranks call
+``ray.train.report`` then (it is a barrier).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from simhand_ray import storage
+from simhand_ray.config import PretrainConfig, from_dict
+from simhand_ray.train import checkpoint, dist, metrics
+from simhand_ray.train.augment import normalize_imagenet
+from simhand_ray.train.losses import contrastive_loss
+from simhand_ray.train.model import ContrastiveModel
+from simhand_ray.train.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Step counts the driver derives from the data (``run.plan_run``)."""
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    stream_epochs: int
+    num_rows: int
+
+
+@dataclass
+class StepTimer:
+    """Wall time spent waiting for the next batch vs everything else, accumulated over a log interval."""
+    data_s: float = 0.0
+    compute_s: float = 0.0
+    rows: list = field(default_factory=list)
+
+
+def amp_settings(cfg: PretrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """Mixed precision on CUDA only (CPU autocast is slower than float32 for these convolutions)."""
+    dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+    return cfg.amp and device.type == "cuda", dtype
+
+
+def build_training(cfg: PretrainConfig, plan: Plan, device: torch.device):
+    """(model on device, LARS(Adam), scheduler, GradScaler) for ``cfg``; the model is not yet DDP-wrapped."""
+    torch.manual_seed(cfg.seed)
+    model = ContrastiveModel(cfg.arch, cfg.proj_hidden, cfg.proj_dim).to(device)
+    opt, sched = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.lars_eta, plan.warmup_steps, plan.total_steps)
+    amp_on, dtype = amp_settings(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_on and dtype == torch.float16)
+    return model, opt, sched, scaler
+
+
+def weight_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Global L2 norms of the weights and of their gradients (device tensors, no host sync)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad for p in params if p.grad is not None]
+    out = {"weight_norm": torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params)))}
+    if grads:
+        out["grad_norm"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return out
+
+
+def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: PretrainConfig, opt, sched, scaler,
+               device: torch.device, gather: bool = False) -> dict[str, torch.Tensor]:
+    """One optimiser step on a batch of ``augment.VIEW_COLUMNS``; returns detached metrics (device tensors).
+
+    Both views go through the network in one forward (2n images), as in PeCLR.
+    """
+    amp_on, dtype = amp_settings(cfg, device)
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    x = normalize_imagenet(torch.cat((batch["view1"], batch["view2"])))
+    with torch.autocast(device_type=device.type, dtype=dtype, enabled=amp_on):
+        p = model(x)
+    p1, p2 = p.float().chunk(2)
+    loss, extras = contrastive_loss(cfg.method, p1, p2, batch, cfg.temperature, gather)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if scaler.is_enabled():
+        scaler.unscale_(opt)
+    stats = weight_stats(model)
+    lr = opt.param_groups[0]["lr"]
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    return {"loss": loss.detach(), "lr": torch.tensor(lr), **stats, **{k: v.detach() for k, v in extras.items()}}
+
+
+def _worker_logging(rank: int) -> None:
+    """Rank 0 logs at INFO to the worker's stderr (which Ray forwards); other ranks stay quiet."""
+    root = logging.getLogger("simhand_ray")
+    if rank == 0 and not root.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(h)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def _flush(pending: list[dict], device: torch.device) -> list[dict]:
+    """Turn the interval's device tensors into plain records (one host sync per interval)."""
+    if not pending:
+        return []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    losses = dist.all_reduce(torch.stack([r["loss"] for r in pending]).float(), "mean")  # mean over workers
+    rows = []
+    for i, r in enumerate(pending):
+        row = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in r.items()}
+        row["loss"] = float(losses[i])
+        rows.append(row)
+    return rows
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point: ``config = {"cfg": asdict(PretrainConfig), "plan": asdict(Plan)}``."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(PretrainConfig, config["cfg"])
+    plan = Plan(**config["plan"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _worker_logging(rank)
+    device = ray.train.torch.get_device()
+    config_hash = storage.config_hash(cfg.result_dict())
+
+    model, opt, sched, scaler = build_training(cfg, plan, device)
+    step, restored = 0, None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = checkpoint.load(d)
+        if state["config_hash"] != config_hash:
+            raise ValueError(f"checkpoint config {state['config_hash']} != this run's {config_hash}: "
+                             "the output holds a different run")
+        restored = checkpoint.restore(state, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+        step = int(state["step"])
+        if rank == 0:
+            log.info("restored step %d from checkpoint (digest %s, saved %s)", step, restored, state["digest"])
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    gather = cfg.gather_distributed and world > 1
+    global_batch = cfg.local_batch_size * world
+
+    shard = ray.train.get_dataset_shard("train")
+    batches = shard.iter_torch_batches(
+        batch_size=cfg.local_batch_size, drop_last=True, prefetch_batches=cfg.prefetch_batches,
+        local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+        local_shuffle_seed=(cfg.seed + 1000 * rank + step) if cfg.shuffle_buffer else None)
+    stop = min(plan.total_steps, cfg.stop_at_step) if cfg.stop_at_step else plan.total_steps
+    timer, pending, epoch = StepTimer(), [], 0
+    last_saved = step if ckpt is not None else -1
+    it = iter(batches)
+    while step < stop:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            log.warning("the data stream ended at step %d of %d", step, plan.total_steps)
+            break
+        t1 = time.perf_counter()
+        epoch = int(batch.pop("epoch")[0])
+        out = train_step(ddp_model, batch, cfg, opt, sched, scaler, device, gather)
+        step += 1
+        t2 = time.perf_counter()
+        timer.data_s += t1 - t0
+        timer.compute_s += t2 - t1
+        pending.append({"step": step, "epoch": epoch, "data_s": t1 - t0, "compute_s": t2 - t1,
+                        "images_per_s": 2 * global_batch / max(t2 - t0, 1e-9), **out})
+        if cfg.fail_at_step and step == cfg.fail_at_step and ckpt is None and rank == 0:
+            raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
+        save_now = step % cfg.checkpoint_every == 0 or step == stop
+        if save_now or step % cfg.log_every == 0:
+            rows = _flush(pending, device)
+            timer.rows.extend(rows)
+            pending = []
+            last = rows[-1]
+            report = {**last, "restored_digest": restored or "",
+                      "data_wait_frac": timer.data_s / max(timer.data_s + timer.compute_s, 1e-9)}
+            if rank == 0:
+                log.info("step %d/%d epoch %d loss %.4f lr %.2e %.0f img/s data-wait %.0f%%", step,
+                         plan.total_steps, epoch, last["loss"], last["lr"], last["images_per_s"],
+                         100 * report["data_wait_frac"])
+            timer.data_s = timer.compute_s = 0.0
+            if save_now:
+                _save(cfg, ddp_model, model, opt, sched, scaler, step, epoch, global_batch, config_hash, report,
+                      timer, rank)
+                last_saved = step
+            else:
+                ray.train.report(report)
+    if last_saved != step:  # the stream ended early: keep what was trained
+        rows = _flush(pending, device)
+        timer.rows.extend(rows)
+        _save(cfg, ddp_model, model, opt, sched, scaler, step, epoch, global_batch, config_hash,
+              {**(rows[-1] if rows else {"step": step}), "restored_digest": restored or ""}, timer, rank)
+    if rank == 0 and step >= plan.total_steps:
+        uri = checkpoint.save_trunk(model, cfg.output)
+        log.info("wrote %s", uri)
+
+
+def _save(cfg: PretrainConfig, ddp_model, model, opt, sched, scaler, step: int, epoch: int, global_batch: int,
+          config_hash: str, report: dict, timer: StepTimer, rank: int) -> None:
+    """Checkpoint through ``ray.train.report`` (rank 0 writes it), then the position pointer and metrics."""
+    import ray.train
+
+    position = {"samples": step * global_batch, "epoch": epoch}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            meta = checkpoint.save(tmp, model=model, optimizer=opt, scheduler=sched, scaler=scaler, step=step,
+                                   position=position, config_hash=config_hash)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+            report = {**report, "digest": meta["digest"]}
+        ray.train.report(report, checkpoint=ckpt, checkpoint_dir_name=checkpoint.dir_name(step))
+    if rank == 0:
+        checkpoint.write_position(cfg.output, {**meta, "checkpoint": checkpoint.dir_name(step)})
+        metrics.write_shard(cfg.output, timer.rows)
+    timer.rows = []

@@ -1,0 +1,97 @@
+"""The pretrain driver: plan the run from the pairs, start ``TorchTrainer``, write the summary and loss curve.
+
+Runs in the job's process (``ray job submit`` or plain python); the work happens in Ray Data tasks (reading,
+augmenting) and Ray Train workers (``loop.train_loop_per_worker``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+from simhand_ray import storage
+from simhand_ray.config import PretrainConfig, from_dict
+from simhand_ray.train import checkpoint, data, metrics
+from simhand_ray.train.loop import Plan, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "pretrain.json"
+
+
+class DatasetFactory:
+    """Builds the training Dataset when Ray Train (re)starts its worker group.
+
+    Ray Train calls a callable in ``datasets`` at every worker-group start, so after a worker failure or a
+    re-submission the stream restarts where the latest finished checkpoint left it (``latest.json``).
+    """
+
+    def __init__(self, cfg: dict, index: data.PairsIndex, stream_epochs: int):
+        self.cfg, self.index, self.stream_epochs = cfg, index, stream_epochs
+
+    def __call__(self):
+        cfg = from_dict(PretrainConfig, self.cfg)
+        position = checkpoint.read_position(cfg.output)
+        start = int(position["position"]["samples"]) if position else 0
+        if start:
+            log.info("data stream resumes at sample %d (checkpoint step %d)", start, position["step"])
+        return data.build_dataset(cfg, self.index, self.stream_epochs, start)
+
+
+def plan_run(cfg: PretrainConfig, num_rows: int) -> Plan:
+    """Steps per epoch, total steps, warm-up steps (same fraction of the run as warmup_epochs / epochs)."""
+    if num_rows < cfg.batch_size:
+        raise ValueError(f"the pairs hold {num_rows} rows, fewer than one global batch ({cfg.batch_size})")
+    per_epoch = num_rows // cfg.batch_size
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    warmup = int(round(total * min(cfg.warmup_epochs, cfg.epochs) / cfg.epochs))
+    return Plan(per_epoch, total, warmup, data.stream_epochs(total, cfg.batch_size, num_rows), num_rows)
+
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
+    """Train ``cfg.method`` on ``cfg.pairs`` into ``cfg.output``; returns a summary (also in pretrain.json)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    storage.check_readable(cfg.pairs)
+    storage.check_writable(cfg.output)
+    previous = checkpoint.read_position(cfg.output)
+    if previous and not cfg.resume:
+        raise ValueError(f"{cfg.output} already holds a run (step {previous['step']}): pass --resume to "
+                         "continue it, or choose another output")
+    index = data.index_pairs(cfg.pairs, cfg.max_unit_rows)
+    plan = plan_run(cfg, index.num_rows)
+    weights = data.source_weights(index, cfg.balance_sources)
+    config_hash = storage.config_hash(cfg.result_dict())
+    log.info("%s on %d pairs (%s): %d steps of %d (%d/epoch, warm-up %d), %d worker(s)%s", cfg.method,
+             index.num_rows, index.source_counts(), plan.total_steps, cfg.batch_size, plan.steps_per_epoch,
+             plan.warmup_steps, cfg.num_workers, f", resuming from step {previous['step']}" if previous else "")
+    manifest = {"config": asdict(cfg), "config_hash": config_hash, "plan": asdict(plan),
+                "sources": index.source_counts(),
+                "sampling_weights": {s: float(w) for s, w in zip(index.sources, weights)}, "status": "running"}
+    storage.write_json_atomic(storage.join(cfg.output, MANIFEST), manifest)
+
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    storage_path, fs = checkpoint.run_storage(cfg.output)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": asdict(cfg), "plan": asdict(plan)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=checkpoint.RUN_NAME, storage_path=storage_path, storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+        datasets={"train": DatasetFactory(asdict(cfg), index, plan.stream_epochs)},
+    )
+    result = trainer.fit()
+    rows = metrics.read_metrics(cfg.output)
+    curve = metrics.plot_loss_curve(rows, storage.join(cfg.output, metrics.LOSS_CURVE),
+                                    f"{cfg.method} {cfg.arch}, global batch {cfg.batch_size}")
+    final = checkpoint.read_position(cfg.output) or {}
+    done = final.get("step", 0) >= plan.total_steps
+    summary = {**manifest, "status": "done" if done else "stopped", "step": final.get("step", 0),
+               "final_loss": rows[-1]["loss"] if rows else None, "loss_curve": curve,
+               "trunk": storage.join(cfg.output, checkpoint.TRUNK_FILE) if done else None,
+               "result_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))}}
+    storage.write_json_atomic(storage.join(cfg.output, MANIFEST), summary)
+    return summary
