@@ -18,6 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
+TEST_DATA = REPO / "tests" / "data"
 SHARED_REAL = REPO.parent / "shared" / "data" / "real"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -32,8 +33,8 @@ def free_port() -> int:
 
 
 def real_data(*parts: str) -> Path:
-    """A file of the sample data: the copy bundled in the repo, else ../shared/data/real."""
-    for root in (SAMPLE, SHARED_REAL):
+    """A file of the sample data: the copies bundled in the repo, else ../shared/data/real."""
+    for root in (SAMPLE, TEST_DATA, SHARED_REAL):
         p = root.joinpath(*parts)
         if p.exists():
             return p
