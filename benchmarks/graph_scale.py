@@ -178,7 +178,12 @@ def main(argv=None) -> int:
     p.add_argument("--query-batch", type=int, default=8192)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", help="also write the rows to this JSON file")
+    p.add_argument("--table", nargs="+", default=[], help="only print the table of rows from these JSON files")
     a = p.parse_args(argv)
+    if a.table:
+        rows = [r for path in a.table for r in json.load(open(path))]
+        print_table(sorted(rows, key=lambda r: (r["n"], r["index"], r["shards"])), a.exact_max)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     import ray
@@ -237,17 +242,17 @@ def print_table(rows: list[dict], exact_max: int) -> None:
     if flat:
         big = max(flat, key=lambda r: r["n"])
         for n in sorted({r["n"] for r in rows} - {r["n"] for r in flat}):
-            est = big["total_s"] * (n / big["n"]) ** 2
+            f = (n / big["n"]) ** 2
+            cpu = (big["workers_cpu_s"] + big["driver_cpu_s"]) * f
             print(f"{n:>9}   flat  exact, extrapolated as N^2 from N={big['n']} (S={big['shards']}): "
-                  f"~{est:.0f} s ({est / 60:.1f} min)")
-    for kind in sorted({r["index"] for r in rows}):
-        pts = sorted({(r["n"], r["total_s"]) for r in rows if r["index"] == kind})
-        if len(pts) >= 2:
-            (n0, t0), (n1, t1) = pts[0], pts[-1]
-            if n1 == n0:
-                continue
-            print(f"growth {kind}: total time ~ N^{np.log(t1 / t0) / np.log(n1 / n0):.2f} "
-                  f"from N={n0} to N={n1}")
+                  f"~{big['total_s'] * f / 60:.0f} min wall at that load, ~{cpu:.0f} CPU s "
+                  f"(~{cpu / 2 / 60:.0f} min on 2 idle cores)")
+    for kind, s in sorted({(r["index"], r["shards"]) for r in rows}):
+        pts = sorted((r["n"], r["workers_cpu_s"] + r["driver_cpu_s"]) for r in rows
+                     if r["index"] == kind and r["shards"] == s)
+        if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
+            (n0, c0), (n1, c1) = pts[0], pts[-1]
+            print(f"growth {kind} S={s}: CPU time ~ N^{np.log(c1 / c0) / np.log(n1 / n0):.2f} from N={n0} to N={n1}")
 
 
 if __name__ == "__main__":

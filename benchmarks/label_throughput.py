@@ -29,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def make_inputs(root: str, copies: int) -> str:
     src = [os.path.join(REPO, "data/sample/videos/Megamind.avi")]
-    bugy = os.path.join(REPO, "..", "shared", "data", "real", "videos", "Megamind_bugy.avi")
+    bugy = os.path.join(REPO, "tests", "data", "videos", "Megamind_bugy.avi")
     if os.path.exists(bugy):
         src.append(bugy)
     d = os.path.join(root, "videos")

@@ -31,4 +31,16 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
-    logging.getLogger("simhand").info("Ray cluster resources: %s", ray.cluster_resources())
+    alive = sum(1 for n in ray.nodes() if n["Alive"])
+    logging.getLogger("simhand").info("Ray cluster now: %d node(s), %s (an autoscaling cluster adds nodes "
+                                      "for requests that do not fit)", alive, format_resources(ray.cluster_resources()))
+
+
+def format_resources(res: dict) -> str:
+    """{CPU, GPU, memory, object store, custom} of ``ray.cluster_resources()``, without per-node entries."""
+    gib = 2.0 ** 30
+    out = {"CPU": res.get("CPU", 0), "GPU": res.get("GPU", 0), "memory": f"{res.get('memory', 0) / gib:.1f} GiB",
+           "object_store": f"{res.get('object_store_memory', 0) / gib:.1f} GiB"}
+    out.update({k: v for k, v in res.items() if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                and not k.startswith(("node:", "accelerator_type:"))})
+    return "{" + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in out.items()) + "}"

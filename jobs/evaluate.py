@@ -1,4 +1,4 @@
-"""The evaluate job: 3D pose metrics of a fine-tuned model, the pose-retrieval probe, or a run's report.
+r"""The evaluate job: 3D pose metrics of a fine-tuned model, the pose-retrieval probe, or a run's report.
 
     # SPEC §4 metrics (MPJPE, PA-MPJPE, 3D PCK AUC 0-50 mm) on a dataset's evaluation split
     python jobs/evaluate.py --dataset freihand --data-root /data/FreiHAND_pub_v2 \

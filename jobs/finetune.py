@@ -1,4 +1,4 @@
-"""The finetune job: a (pre-trained) trunk + 3D pose head, trained on a downstream dataset (SPEC §4).
+r"""The finetune job: a (pre-trained) trunk + 3D pose head, trained on a downstream dataset (SPEC §4).
 
     python jobs/finetune.py --dataset freihand --data-root /data/FreiHAND_pub_v2 \
         --trunk out/pretrain/trunk.pt --output out/finetune/freihand

@@ -13,6 +13,7 @@ import _common  # noqa: F401  (puts the repo on sys.path)
 from _common import init_ray, setup_logging
 
 from simhand_ray.config import CropConfig, FilterConfig, LabelConfig, LabelerConfig
+from simhand_ray.config import GraphConfig
 
 log = logging.getLogger("simhand.mine")
 STAGES = ("label", "graph", "pairs", "all")
@@ -60,25 +61,68 @@ def label_config(a: argparse.Namespace) -> LabelConfig:
     )
 
 
+def add_graph_args(p: argparse.ArgumentParser) -> None:
+    d = GraphConfig()
+    g = p.add_argument_group("graph + pairs stages (SPEC §2)")
+    g.add_argument("--k", type=int, default=d.k, help="nearest hands from other videos kept per hand")
+    g.add_argument("--shards", type=int, default=d.shards, help="faiss index shards, one Ray actor each")
+    g.add_argument("--index", choices=("flat", "ivf", "ivfpq", "hnsw"), default=d.index,
+                   help="flat = exact; ivf / ivfpq / hnsw = approximate (see benchmarks/graph_scale.py)")
+    g.add_argument("--pca-dim", type=int, default=d.pca_dim, help="0 = no PCA of the 42-d descriptors")
+    g.add_argument("--nlist", type=int, default=d.nlist, help="IVF lists per shard (0 = 4 sqrt(n))")
+    g.add_argument("--nprobe", type=int, default=d.nprobe)
+    g.add_argument("--cpus-per-shard", type=float, default=d.cpus_per_shard)
+    g.add_argument("--gpus-per-shard", type=float, default=d.gpus_per_shard)
+    g.add_argument("--positive-rank", type=int, default=d.positive_rank, help="pairs: neighbour used as positive")
+    g.add_argument("--pairs-per-shard", type=int, default=d.pairs_per_shard)
+
+
+def graph_config(a: argparse.Namespace) -> GraphConfig:
+    return GraphConfig(
+        output=a.output, k=a.k, shards=a.shards, index=a.index, pca_dim=a.pca_dim, nlist=a.nlist, nprobe=a.nprobe,
+        cpus_per_shard=a.cpus_per_shard, gpus_per_shard=a.gpus_per_shard, positive_rank=a.positive_rank,
+        pairs_per_shard=a.pairs_per_shard)
+
+
+def log_label_requests(cfg: LabelConfig) -> None:
+    """The resource shapes the label stage asks Ray for (an autoscaling cluster launches nodes to fit them)."""
+    from simhand_ray.mining.pipeline import PLAN_TASK_CPUS, VIDEOS_PER_PLAN_TASK
+
+    lab = cfg.labeler
+    log.info("label stage requests: planning tasks {CPU: %s} (one per %d videos), then %s labeler actors, "
+             "each {CPU: %s, GPU: %s}", PLAN_TASK_CPUS, VIDEOS_PER_PLAN_TASK,
+             cfg.num_workers or "cluster-sized (--num-workers 0)", lab.cpus_per_labeler, lab.gpus_per_labeler)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=STAGES, default="all")
     p.add_argument("--output", required=True, help="output directory or s3:// prefix")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (ignored on a cluster)")
     add_label_args(p)
+    add_graph_args(p)
     a = p.parse_args(argv)
     setup_logging()
     if a.stage in ("label", "all") and not a.input:
         p.error("--input is required for the label stage")
     try:
         cfg = label_config(a) if a.stage in ("label", "all") else None
+        gcfg = graph_config(a)
     except ValueError as e:
         p.error(str(e))
     init_ray(a.num_cpus)
+    if cfg is not None:
+        log_label_requests(cfg)
     summaries = {}
     if a.stage in ("label", "all"):
         from simhand_ray.mining.pipeline import run_label_stage
         summaries["label"] = run_label_stage(cfg)
+    if a.stage in ("graph", "all"):
+        from simhand_ray.graph.knn import run_graph_stage
+        summaries["graph"] = run_graph_stage(gcfg)
+    if a.stage in ("pairs", "all"):
+        from simhand_ray.graph.pairs import run_pairs_stage
+        summaries["pairs"] = run_pairs_stage(gcfg)
     log.info("summary: %s", json.dumps(summaries, indent=2))
     return 0
 

@@ -45,12 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gather", action="store_true", help="negatives from each worker's own batch only")
     p.add_argument("--no-balance-sources", action="store_true", help="sample rows uniformly, not per source")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--fixed-views", action="store_true", help="same augmentation every epoch (debugging, overfit checks)")
+    p.add_argument("--image-size", type=int, default=AugmentConfig().size, help="side of the augmented views")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts")
     p.add_argument("--resume", action="store_true", help="continue the run found in --output")
     p.add_argument("--stop-at-step", type=int, default=d.stop_at_step, help="end this submission at this step")
+    p.add_argument("--fail-at-step", type=int, default=d.fail_at_step,
+                   help="testing: one worker raises the first time the run reaches this step (exercises recovery)")
     p.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer, help="worker-side shuffle rows (0 = off)")
     p.add_argument("--augment-batch-size", type=int, default=d.augment_batch_size)
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (ignored on a cluster)")
@@ -65,8 +69,8 @@ def pretrain_config(a: argparse.Namespace) -> PretrainConfig:
         amp=not a.no_amp, amp_dtype=a.amp_dtype, gather_distributed=not a.no_gather,
         balance_sources=not a.no_balance_sources, seed=a.seed, checkpoint_every=a.checkpoint_every,
         keep_checkpoints=a.keep_checkpoints, log_every=a.log_every, max_failures=a.max_failures, resume=a.resume,
-        stop_at_step=a.stop_at_step, shuffle_buffer=a.shuffle_buffer, augment_batch_size=a.augment_batch_size,
-        augment=AugmentConfig())
+        stop_at_step=a.stop_at_step, fail_at_step=a.fail_at_step, shuffle_buffer=a.shuffle_buffer, augment_batch_size=a.augment_batch_size,
+        fixed_views=a.fixed_views, augment=AugmentConfig(size=a.image_size))
 
 
 def main(argv=None) -> int:

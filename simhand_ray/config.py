@@ -147,7 +147,7 @@ class GraphConfig:
     hnsw_ef_construction: int = 40
     hnsw_ef_search: int = 64
     train_sample: int = 0                 # IVF training vectors per shard; 0 = 39 x nlist
-    small_group: int = 64                 # videos with at most this many hands in a shard: k + g search, else a selector
+    small_group: int = 0                  # videos with <= this many hands in a shard: k + g search, else a selector (0 = auto)
     cpus_per_shard: float = 1.0
     gpus_per_shard: float = 0.0
     rows_per_part: int = 262_144          # graph rows per Parquet file
@@ -264,7 +264,7 @@ class PretrainConfig:
     max_failures: int = 3                 # worker-group restarts from the latest checkpoint (FailureConfig)
     resume: bool = False                  # continue the run found in ``output``
     stop_at_step: int = 0                 # end this submission early (with a checkpoint) at this step
-    fail_at_step: int = 0                 # testing: raise once at this step unless restored from a checkpoint
+    fail_at_step: int = 0                 # testing: a worker raises the first time the run reaches this step
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):

@@ -169,3 +169,7 @@ def test_retrieval_probe_job_end_to_end(ray_cluster, tmp_path, capsys):
     assert all(rows["pose oracle"]["mean"] <= r["mean"] + 1e-9 for r in rows.values())
     assert (out / "probe_retrieval.png").stat().st_size > 1000
     assert (out / "probe_retrieval.csv").read_text().startswith("method,")
+    assert load_job("evaluate").main(["--report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Pose-retrieval probe" in report and "| pose oracle | 10 |" in report
+    assert "![probe_retrieval.png](probe_retrieval.png)" in report

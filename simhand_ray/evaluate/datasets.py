@@ -22,7 +22,8 @@ index MCP..TIP, middle, ring, little), with 3D joints in **millimetres** in the 
   (``annotations[seq]["%06d"]["world_coord"]`` 42 x 3, mm); images under ``images/`` by ``file_name``.
   Its 42 joints are InterHand2.6M's: right 0-20 then left 21-41, each hand ordered thumb tip..base,
   index tip..base, middle, ring, little, wrist last; converted here. Hands with fewer than 10 valid
-  joints are skipped, as the toolkit does. Camera names carry the ``_mono10bit`` suffix.
+  joints are skipped, as the toolkit does, and so are the crops its ``invalid_{split}_ego.txt`` lists.
+  Images name a camera ``HMC_<serial>``; its calibration keys are ``HMC_<serial>_mono10bit``.
 
 Readers work on local paths and ``s3://`` URIs (through ``storage``). ``records()`` is cheap metadata
 (what Ray Data rows carry); ``load(record)`` / iteration add the decoded RGB image.
@@ -60,13 +61,15 @@ DEXYCB_IMAGE_SIZE = (640, 480)
 ASSEMBLYHANDS_TO_SPEC = np.array(
     [20] + [b + k for b in (0, 4, 8, 12, 16) for k in (3, 2, 1, 0)], dtype=np.int64)
 ASSEMBLYHANDS_MIN_VALID = 10
+CAMERA_SUFFIX = "_mono10bit"
 
 
 @dataclass
 class Record:
     """One hand of a dataset, without its pixels. Arrays: joints_3d (21, 3) mm camera frame, joints_2d
     (21, 2) pixels (OpenCV convention: pixel centres at integers, as K projects), K (3, 3), visible (21,).
-    ``box`` (x0, y0, x1, y1) is the dataset's hand box when it has one (else derived from joints_2d).
+    ``box`` (x0, y0, x1, y1) is the dataset's own hand box when it has one, kept for reference: crops
+    are cut around the visible keypoints for every dataset alike (``preprocess``).
     """
     sample_id: str
     image_uri: str
@@ -297,6 +300,14 @@ class AssemblyHands(HandDataset):
                 else f"assemblyhands_{self.split}_{self.modality}_{kind}_{self.version}.json")
         return storage.read_json(storage.join(self.root, "annotations", self.split, name))
 
+    def _invalid_crops(self) -> set[str]:
+        """The toolkit's list of unusable crops (``invalid_{split}_{modality}.txt``: "file_name,hand" lines,
+        hand 0 = right, 1 = left), when the annotation folder has one."""
+        uri = storage.join(self.root, "annotations", self.split, f"invalid_{self.split}_{self.modality}.txt")
+        if not storage.exists(uri):
+            return set()
+        return {line.strip() for line in storage.read_bytes(uri).decode().splitlines() if line.strip()}
+
     def records(self) -> list[Record]:
         if self._records is not None:
             return self._records
@@ -304,10 +315,12 @@ class AssemblyHands(HandDataset):
         calib = self._annotation("calib")["calibration"]
         joints = self._annotation("joint_3d")["annotations"]
         images = {im["id"]: im for im in data["images"]}
+        invalid = self._invalid_crops()
         out: list[Record] = []
         for ann in data["annotations"]:
             img = images[ann["image_id"]]
-            seq, cam, frame = str(img["seq_name"]), img["camera"], f"{int(img['frame_idx']):06d}"
+            seq, frame = str(img["seq_name"]), f"{int(img['frame_idx']):06d}"
+            cam = img["camera"] if str(img["camera"]).endswith(CAMERA_SUFFIX) else f"{img['camera']}{CAMERA_SUFFIX}"
             K = np.asarray(calib[seq]["intrinsics"][cam], np.float64)
             Rt = np.asarray(calib[seq]["extrinsics"][frame][cam], np.float64)
             world = np.asarray(joints[seq][frame]["world_coord"], np.float64).reshape(2 * NUM_JOINTS, 3)
@@ -319,7 +332,7 @@ class AssemblyHands(HandDataset):
                     continue
                 idx = ASSEMBLYHANDS_TO_SPEC + hand_index * NUM_JOINTS
                 vis = valid[idx]
-                if vis.sum() < self.min_valid:
+                if vis.sum() < self.min_valid or f"{img['file_name']},{hand_index}" in invalid:
                     continue
                 xyz = cam_xyz[idx]
                 out.append(Record(sample_id=f"assemblyhands:{img['file_name']}:{side}",

@@ -1,6 +1,6 @@
 """Fine-tune a trunk for 3D hand pose under Ray Train (SPEC §4).
 
-Data flow: a dataset reader's records (metadata only) -> ``ray.data.from_items`` -> shuffled -> one
+Data flow: a dataset reader's records (metadata only) -> ``ray.data.from_items`` (shuffled) -> one
 ``map_batches`` that reads each image, crops, augments and mirrors left hands (``preprocess``) ->
 ``TorchTrainer(datasets={"train": ...})``; each worker iterates its shard with ``iter_torch_batches``.
 
@@ -36,6 +36,7 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 CONFIG_JSON = "finetune_config.json"
 SUMMARY_JSON = "finetune_summary.json"
+LOSS_PNG = "finetune_loss.png"
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,23 @@ def preprocess_batch(batch: dict[str, np.ndarray], spec: dict, augment: bool) ->
 
 
 def records_dataset(records, spec: preprocess.CropSpec, augment: bool, shuffle: bool, seed: int | None = None,
-                    batch_size: int = 16):
-    """Records -> a Ray Dataset of model inputs (crops read and prepared lazily, in parallel)."""
+                    batch_size: int = 16, rows_per_block: int = 128):
+    """Records -> a Ray Dataset of model inputs (crops read and prepared lazily, block by block in parallel).
+
+    Shuffling is cheap on purpose: the light records are permuted once here, the blocks are re-ordered on
+    every pass (``randomize_block_order``), and the trainer adds a local shuffle buffer; an all-to-all
+    ``random_shuffle`` of tiny rows would cost more than the epoch on small datasets.
+    """
     import ray
 
-    ds = ray.data.from_items([r.to_row() for r in records])
+    rows = [r.to_row() for r in records]
     if shuffle:
-        ds = ds.random_shuffle(seed=seed)
+        order = np.random.default_rng(seed).permutation(len(rows))
+        rows = [rows[i] for i in order]
+    blocks = int(np.clip(len(rows) // rows_per_block, 1, 2048))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    if shuffle:
+        ds = ds.randomize_block_order()
     return ds.map_batches(preprocess_batch, fn_kwargs={"spec": asdict(spec), "augment": augment},
                           batch_size=batch_size, batch_format="numpy")
 
@@ -201,7 +212,8 @@ def train_loop(config: dict) -> None:
             break
         model.train()
         t0, sums, n = time.time(), {}, 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, device=device):
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, device=device,
+                                              local_shuffle_buffer_size=4 * cfg.batch_size):
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(to_model_input(batch["image"]))
             loss, parts = pose_loss({k: v.float() for k, v in out.items()}, batch["uv"], batch["xyz"],
@@ -247,6 +259,28 @@ def plan_steps(num_records: int, cfg: FinetuneConfig) -> dict:
             "warmup_steps": min(total, int(round(cfg.warmup_epochs * per_epoch)))}
 
 
+def loss_plot(history: list[dict], title: str) -> bytes:
+    """PNG of the per-epoch training losses (total, 2D, 3D)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    epochs = [h["epoch"] for h in history]
+    for key in ("loss", "loss_2d", "loss_3d"):
+        ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss")
+    ax.set_title(f"fine-tuning on {title}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune on ``cfg.dataset``'s training split through Ray Train; returns the summary it writes."""
     from ray.train import RunConfig, ScalingConfig
@@ -257,7 +291,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     plan = plan_steps(len(records), cfg)
     log.info("fine-tuning on %d %s samples: %s", len(records), cfg.dataset, plan)
     storage.write_json_atomic(storage.join(cfg.output, CONFIG_JSON), {"config": asdict(cfg), "plan": plan})
-    ds = records_dataset(records, cfg.crop_spec, augment=cfg.augment, shuffle=True)
+    ds = records_dataset(records, cfg.crop_spec, augment=cfg.augment, shuffle=True, seed=cfg.seed)
+    ds = ds.select_columns(["image", "uv", "xyz", "visible"])        # tensors only (ids are strings)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     fs, path = storage.resolve(storage.join(cfg.output, "_ray_train"))
     trainer = TorchTrainer(
@@ -272,5 +307,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                "history": model["history"], "seconds": time.time() - t0,
                "final": model["history"][-1] if model["history"] else {}}
     storage.write_json_atomic(storage.join(cfg.output, SUMMARY_JSON), summary)
+    if summary["history"]:
+        storage.write_bytes_atomic(storage.join(cfg.output, LOSS_PNG), loss_plot(summary["history"], cfg.dataset))
     log.info("fine-tuning done: %d steps in %.0fs, final %s", summary["steps"], summary["seconds"], summary["final"])
     return summary

@@ -6,7 +6,7 @@ apart the two hands' canonical poses are. Rows of the probe table:
 - a trunk: cosine similarity of global-pooled features;
 - pose oracle: the neighbour minimising the probe's own pose distance (so no retrieval can do better; it
   is the floor of the table);
-- chance: a uniformly random hand of another video (the ceiling a useless embedding sits at).
+- chance: a uniformly random hand of another video (where an embedding blind to pose lands).
 
 Canonical pose (as the mining descriptor of SPEC §2): keypoints minus the wrist, divided by their RMS
 distance to the wrist; not rotation-normalised. Pose distance: mean over the 21 joints of the Euclidean

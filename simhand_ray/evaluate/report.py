@@ -64,8 +64,8 @@ def _finetune_section(run: str, files: list[str]) -> list[str]:
 def _probe_section(run: str, files: list[str]) -> list[str]:
     out = ["## Pose-retrieval probe", "",
            "Mean joint distance between the canonical 2D poses (wrist-relative, RMS-normalised) of each held-out "
-           "hand and its nearest neighbour from another video; lower = better. The pose oracle is the floor, "
-           "chance the ceiling.", ""]
+           "hand and its nearest neighbour from another video; lower = better. The pose oracle is the floor; "
+           "chance is where an embedding blind to pose lands.", ""]
     for f in files:
         p = storage.read_json(f)
         out += [f"`{_dir(_rel(run, f))}`: {p['hands']} hands from {p['videos']} videos", "", format_table(p["rows"]), ""]
@@ -91,22 +91,26 @@ def _other_section(run: str, files: list[str]) -> list[str]:
 
 def build_report(run: str) -> str:
     """The markdown report of everything found under ``run`` (a directory or s3:// prefix)."""
+    root = run.rstrip("/") if storage.is_s3(run) else storage.resolve(run)[1]   # as list_files spells it
     files = [f for f in storage.list_files(run) if not any(f"/{s}/" in f for s in _SKIP_DIRS)]
-    by_name = lambda name: [f for f in files if storage.basename(f) == name]  # noqa: E731
+
+    def by_name(name: str) -> list[str]:
+        return [f for f in files if storage.basename(f) == name]
+
     known = {METRICS_JSON, SUMMARY_JSON, PROBE_JSON}
     others = [f for f in files if f.endswith(".json") and storage.basename(f) not in known
               and ("summary" in storage.basename(f) or "metrics" in storage.basename(f))]
     pngs = [f for f in files if f.lower().endswith(".png")]
     lines = [f"# Run report: `{run}`", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
     if by_name(METRICS_JSON):
-        lines += _pose_section(run, by_name(METRICS_JSON))
+        lines += _pose_section(root, by_name(METRICS_JSON))
     if by_name(SUMMARY_JSON):
-        lines += _finetune_section(run, by_name(SUMMARY_JSON))
+        lines += _finetune_section(root, by_name(SUMMARY_JSON))
     if by_name(PROBE_JSON):
-        lines += _probe_section(run, by_name(PROBE_JSON))
-    lines += _other_section(run, others)
+        lines += _probe_section(root, by_name(PROBE_JSON))
+    lines += _other_section(root, others)
     if pngs:
-        lines += ["## Plots", ""] + [f"![{_rel(run, p)}]({_rel(run, p)})" for p in pngs] + [""]
+        lines += ["## Plots", ""] + [f"![{_rel(root, p)}]({_rel(root, p)})" for p in pngs] + [""]
     if len(lines) == 4:
         lines += ["Nothing to report: no metrics, summaries or plots found.", ""]
     return "\n".join(lines)

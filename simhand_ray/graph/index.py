@@ -33,7 +33,9 @@ GPU_MAX_K = 2048
 @dataclass(frozen=True)
 class IndexParams:
     """How one shard is indexed. ``nlist = 0``: 4 sqrt(n) lists; ``pq_m = 0``: about 3 dims per sub-quantizer;
-    ``train_sample = 0``: 39 x nlist vectors (faiss's smallest sample without a k-means warning)."""
+    ``train_sample = 0``: 39 x nlist vectors (faiss's smallest sample without a k-means warning);
+    ``small_group = 0``: 1024 for flat (a big BLAS batch with a larger k beats many small selector
+    searches), 64 for the approximate kinds (whose effort grows with the excluded video anyway)."""
     kind: str = "flat"
     nlist: int = 0
     nprobe: int = 8
@@ -44,7 +46,7 @@ class IndexParams:
     hnsw_ef_construction: int = 40
     hnsw_ef_search: int = 64
     train_sample: int = 0
-    small_group: int = 64
+    small_group: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -54,6 +56,12 @@ class IndexParams:
     @property
     def exact(self) -> bool:
         return self.kind == "flat"
+
+    @property
+    def small_group_limit(self) -> int:
+        if self.small_group > 0:
+            return self.small_group
+        return 1024 if self.kind == "flat" else 64
 
 
 def auto_nlist(n: int, nlist: int = 0) -> int:
@@ -164,12 +172,14 @@ class ShardIndex:
         kf = k * (self.params.refine_factor if self.params.kind == "ivfpq" else 1)
         if self.n == 0 or b == 0:
             return np.full((b, k), -1, np.int64), np.full((b, k), np.inf)
-        small = g <= self.params.small_group
+        small = g <= self.params.small_group_limit
         if self.gpu_index is not None:
             small &= (kf + g) <= GPU_MAX_K
         cands = np.full((b, kf), -1, dtype=np.int64)
-        if small.any():
-            rows = np.flatnonzero(small)
+        # rows whose videos have similar sizes here share one plain search for kf + (largest g) candidates
+        bucket = np.ceil(np.log2(np.maximum(g, 1)) / 2)
+        for bk in np.unique(bucket[small]):
+            rows = np.flatnonzero(small & (bucket == bk))
             cands[rows] = self._candidates(q[rows], lo_l[rows], hi_l[rows], kf, selector=False)
         if (~small).any():
             big = np.flatnonzero(~small)
@@ -184,7 +194,7 @@ class ShardIndex:
     def _candidates(self, q: np.ndarray, lo: np.ndarray, hi: np.ndarray, kf: int, selector: bool) -> np.ndarray:
         """faiss candidates (m, kf) local ids, -1 padded, none in [lo[i], hi[i]) (local).
 
-        ``selector=False``: one plain search for kf + g candidates, own video dropped after. ``True``: all
+        ``selector=False``: one plain search for kf + max(g) candidates, own video dropped after. ``True``: all
         rows share one range, excluded inside faiss. An approximate index spends part of its effort on
         the excluded video (its hands sit in the same IVF lists / HNSW neighbourhood), so the effort grows
         with g, and rows that still come back short are searched again with 4x the effort.

@@ -16,6 +16,7 @@ import resource
 import time
 from collections import Counter, deque
 from dataclasses import asdict
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 from simhand_ray import storage
 from simhand_ray.config import GraphConfig, from_dict
 from simhand_ray.graph.index import IndexParams, ShardIndex, sort_by_distance_then_id
-from simhand_ray.mining.descriptors import Pca, fit_pca, hand_descriptors
+from simhand_ray.mining.descriptors import fit_pca, hand_descriptors
 from simhand_ray.schema import GRAPH, HANDS, keypoints_array
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def cpu_seconds() -> float:
 
 # --- the Ray part --------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=1)
 def _shard_actor_class():
     import ray
 
@@ -141,11 +143,15 @@ class ShardedKnn:
         actor = _shard_actor_class()
         t0 = time.perf_counter()
         self.actors = []
-        for a, b in self.bounds:
-            ref = ray.put(np.ascontiguousarray(x[a:b]))
-            self.actors.append(actor.options(num_cpus=cpus, num_gpus=cfg.gpus_per_shard).remote(
-                ref, a, asdict(cfg), threads, cfg.gpus_per_shard > 0))
-        self.stats = ray.get([h.stats.remote() for h in self.actors])
+        try:
+            for a, b in self.bounds:
+                ref = ray.put(np.ascontiguousarray(x[a:b]))
+                self.actors.append(actor.options(num_cpus=cpus, num_gpus=cfg.gpus_per_shard).remote(
+                    ref, a, asdict(cfg), threads, cfg.gpus_per_shard > 0))
+            ray.get([h.stats.remote() for h in self.actors])  # waits for every index to be built
+        except BaseException:
+            self.close()
+            raise
         self.build_s = time.perf_counter() - t0
         log.info("built %d %s shard indexes over %d descriptors in %.1fs", len(self.actors), cfg.index,
                  len(x), self.build_s)

@@ -42,18 +42,13 @@ def select_positives(graph: pa.Table, positive_rank: int) -> tuple[pa.Table, int
     lengths = pc.list_value_length(graph["neighbor_ids"]).to_numpy(zero_copy_only=False)
     has = lengths > 0
     g = graph.filter(pa.array(has))
-    lengths = lengths[has]
-    rank = np.minimum(positive_rank, lengths - 1)
-    nb = g["neighbor_ids"].combine_chunks() if len(g) else pa.array([], pa.list_(pa.string()))
-    ds = g["distances"].combine_chunks() if len(g) else pa.array([], pa.list_(pa.float32()))
-    offsets = nb.offsets.to_numpy()[:-1] if len(g) else np.zeros(0, np.int64)
-    take = pa.array((offsets + rank).astype(np.int64))
-    out = pa.table({
-        "anchor_id": g["hand_id"],
-        "positive_id": nb.values.take(take) if len(g) else pa.array([], pa.string()),
-        "distance": ds.values.take(pa.array((ds.offsets.to_numpy()[:-1] + rank).astype(np.int64)))
-        if len(g) else pa.array([], pa.float32()),
-    })
+    rank = np.minimum(positive_rank, lengths[has] - 1)
+
+    def pick(column: str) -> pa.Array:
+        arr = g[column].combine_chunks()
+        return arr.values.take(pa.array(arr.offsets.to_numpy()[:-1] + rank, pa.int64()))
+
+    out = pa.table({"anchor_id": g["hand_id"], "positive_id": pick("neighbor_ids"), "distance": pick("distances")})
     return out, int((rank < positive_rank).sum())
 
 

@@ -39,6 +39,8 @@ from simhand_ray.mining.labelers.base import FrameRef, Labeler
 log = logging.getLogger(__name__)
 
 MANIFEST = "label_manifest.json"
+PLAN_TASK_CPUS = 0.5        # a planning task probes + splits videos: mostly I/O
+VIDEOS_PER_PLAN_TASK = 16
 
 
 def _digest(*parts) -> str:
@@ -261,8 +263,10 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
     cfg_dict = asdict(cfg)
     items: list[dict] = []
     if videos:  # probe + split in parallel Ray tasks, a chunk of videos each
-        plan = ray.remote(num_cpus=0.5)(plan_videos)
-        chunks = [[asdict(f) for f in videos[i:i + 16]] for i in range(0, len(videos), 16)]
+        plan = ray.remote(num_cpus=PLAN_TASK_CPUS)(plan_videos)
+        per = VIDEOS_PER_PLAN_TASK
+        chunks = [[asdict(f) for f in videos[i:i + per]] for i in range(0, len(videos), per)]
+        log.info("label: %d planning tasks, each {CPU: %s}", len(chunks), PLAN_TASK_CPUS)
         items += [{"work_id": it["work_id"], "payload": json.dumps(it)}
                   for part in ray.get([plan.remote(c, cfg_dict) for c in chunks]) for it in part]
     items += [{"work_id": it["work_id"], "payload": json.dumps(it)} for it in plan_images(images, cfg.images_per_item)]

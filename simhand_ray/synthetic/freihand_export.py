@@ -4,7 +4,10 @@ on them unchanged.
 Layout (FreiHAND_pub_v2; Zimmermann et al., ICCV 2019), for split in {training, evaluation}:
     {split}_xyz.json     list of N 21x3 joint positions, camera space, metres (FreiHAND's joint order is
                          the SPEC order: wrist, thumb CMC..tip, index MCP..tip, middle, ring, little)
-    {split}_K.json       list of N 3x3 intrinsics; uv = (K @ xyz.T).T, uv[:, :2] / uv[:, 2:]
+    {split}_K.json       list of N 3x3 intrinsics; uv = (K @ xyz.T).T, uv[:, :2] / uv[:, 2:] in OpenCV's
+                         pixel convention (pixel centres at integers), as FreiHAND's calibrated K are;
+                         the rest of this project uses centres at i + 0.5, so K's principal point is
+                         shifted by -0.5 on export
     {split}_scale.json   list of N floats: the metric length of the middle finger's MCP-PIP bone
     {split}/rgb/%08d.jpg N 224x224 RGB crops, sample i is image i
 FreiHAND ships four colour versions of each training image (ids i + k * N); a synthetic export has one,
@@ -66,7 +69,10 @@ def mirror(image: np.ndarray, xyz: np.ndarray, K: np.ndarray) -> tuple[np.ndarra
 
 def make_sample(image: np.ndarray, kp2d: np.ndarray, xyz: np.ndarray, K: np.ndarray, left: bool,
                 rng: np.random.Generator, video_id: str, quality: int = 95) -> Sample:
-    """Crop one hand of an RGB frame (H, W, 3) uint8 into a FreiHAND sample (mirrored if left)."""
+    """Crop one hand of an RGB frame (H, W, 3) uint8 into a FreiHAND sample (mirrored if left).
+
+    kp2d (21, 2) and K (3, 3) are in continuous pixel coordinates (centres at i + 0.5); the sample's K is
+    in FreiHAND's convention (centres at integers)."""
     h, w = image.shape[:2]
     x0, y0, side = crop_box(kp2d, w, h, rng)
     pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
@@ -77,6 +83,7 @@ def make_sample(image: np.ndarray, kp2d: np.ndarray, xyz: np.ndarray, K: np.ndar
     xyz = np.asarray(xyz, dtype=np.float64)
     if left:
         crop, xyz, Kc = mirror(crop, xyz, Kc)
+    Kc[:2, 2] -= 0.5     # continuous coordinates -> OpenCV's integer pixel centres (FreiHAND's K)
     ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")

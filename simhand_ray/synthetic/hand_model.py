@@ -35,11 +35,11 @@ POSE_HIGH = np.deg2rad(_LIMITS_DEG[..., 1].reshape(-1))
 
 # Rest geometry of an average adult right hand (metres, hand frame).
 _BASE = np.array([
-    [0.028, 0.024, 0.008],     # thumb CMC
-    [0.024, 0.081, 0.000],     # index MCP
-    [0.003, 0.084, 0.000],     # middle MCP
-    [-0.016, 0.079, 0.002],    # ring MCP
-    [-0.033, 0.070, 0.005],    # little MCP
+    [0.030, 0.024, 0.008],     # thumb CMC
+    [0.027, 0.081, 0.000],     # index MCP
+    [0.004, 0.084, 0.000],     # middle MCP
+    [-0.018, 0.079, 0.002],    # ring MCP
+    [-0.037, 0.070, 0.005],    # little MCP
 ])
 _LENGTHS = np.array([          # segments after the base joint: (proximal, middle, distal-to-tip)
     [0.043, 0.032, 0.028],     # thumb: metacarpal, proximal phalanx, distal phalanx
@@ -49,11 +49,11 @@ _LENGTHS = np.array([          # segments after the base joint: (proximal, middl
     [0.034, 0.020, 0.019],
 ])
 _RADII = np.array([            # half-thickness at (base, 2nd, 3rd, tip) joints of each digit
-    [0.0135, 0.0115, 0.0104, 0.0092],
-    [0.0104, 0.0096, 0.0085, 0.0075],
-    [0.0106, 0.0098, 0.0087, 0.0077],
-    [0.0100, 0.0093, 0.0083, 0.0073],
-    [0.0090, 0.0082, 0.0073, 0.0064],
+    [0.0130, 0.0110, 0.0100, 0.0086],
+    [0.0100, 0.0092, 0.0080, 0.0068],
+    [0.0102, 0.0094, 0.0082, 0.0070],
+    [0.0096, 0.0089, 0.0078, 0.0066],
+    [0.0086, 0.0078, 0.0069, 0.0058],
 ])
 WRIST_RADIUS = 0.024
 # Rest direction of each finger: fan angle about the palmar axis (radial > 0) and a roll about its own
@@ -225,12 +225,13 @@ def view_rotation(roll: float, pitch: float, yaw: float) -> np.ndarray:
 
 
 def sample_view(rng: np.random.Generator) -> np.ndarray:
-    """(3,) roll, pitch, yaw (radians): any side of the hand, mostly fingers-up, moderate tilt."""
+    """(3,) roll, pitch, yaw (radians): any side of the hand, mostly fingers up and tilted away."""
     if rng.random() < 0.2:
         roll = rng.uniform(-np.pi, np.pi)
     else:
         roll = rng.uniform(-0.6 * np.pi, 0.6 * np.pi)
-    pitch = float(np.clip(rng.normal(0.0, np.deg2rad(25)), -np.deg2rad(60), np.deg2rad(60)))
+    # Mostly fingers away from the camera, forearm towards it (an egocentric camera looks along the arm).
+    pitch = float(np.clip(rng.normal(-np.deg2rad(12), np.deg2rad(20)), -np.deg2rad(45), np.deg2rad(40)))
     yaw = rng.uniform(-np.pi, np.pi)
     return np.array([roll, pitch, yaw])
 

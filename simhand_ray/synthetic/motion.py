@@ -38,26 +38,46 @@ class HandTrack:
     places: np.ndarray
 
 
+def mirror_view(view: np.ndarray) -> np.ndarray:
+    """The view of a left hand that is the mirror image of a right hand seen with ``view`` (roll, pitch,
+    yaw): M rot_z(r) rot_x(p) rot_y(y) M = rot_z(-r) rot_x(p) rot_y(-y) for the mirror M = diag(-1, 1, 1)."""
+    return np.asarray(view) * np.array([-1.0, 1.0, -1.0])
+
+
 def sample_track(rng: np.random.Generator, frames: int, pool: PosePool, pool_prob: float,
                  key_gap: tuple[int, int], u_range: tuple[float, float], v_range: tuple[float, float],
-                 z_range: tuple[float, float]) -> HandTrack:
+                 z_range: tuple[float, float], left: bool = False,
+                 roll_range: tuple[float, float] | None = None) -> HandTrack:
     """Random key frames every key_gap[0]..key_gap[1] frames covering [0, frames - 1].
 
     Pool key poses get a little noise (3 degrees per joint, 5 degrees of view) so recurrences are similar,
-    not identical.
+    not identical. Pool views are right-hand views: a left hand takes their mirror image, so once the
+    mine job mirrors it to a right hand its 2D pose matches the pool's. ``roll_range`` (radians) keeps the
+    hand's in-plane rotation in a range (e.g. each arm coming from its own side when both hands show);
+    a pool key outside it is replaced by a fresh one.
     """
     keys = [0]
     while keys[-1] < frames - 1:
         keys.append(min(keys[-1] + int(rng.integers(key_gap[0], key_gap[1] + 1)), max(frames - 1, 1)))
     poses, views, places = [], [], []
+    def in_range(view):
+        return roll_range is None or roll_range[0] <= view[0] <= roll_range[1]
+
     for _ in keys:
-        if len(pool.poses) and rng.random() < pool_prob:
-            i = int(rng.integers(len(pool.poses)))
-            poses.append(hm.clip_pose(pool.poses[i] + np.deg2rad(rng.normal(0.0, 3.0, hm.POSE_DIM))))
-            views.append(pool.views[i] + np.deg2rad(rng.normal(0.0, 5.0, 3)))
+        use_pool = len(pool.poses) and rng.random() < pool_prob
+        i = int(rng.integers(len(pool.poses))) if use_pool else 0
+        pose_noise = np.deg2rad(rng.normal(0.0, 3.0, hm.POSE_DIM))
+        view_noise = np.deg2rad(rng.normal(0.0, 5.0, 3))
+        view = (mirror_view(pool.views[i]) if left else pool.views[i]) + view_noise if use_pool else None
+        if use_pool and in_range(view):
+            poses.append(hm.clip_pose(pool.poses[i] + pose_noise))
+            views.append(view)
         else:
             poses.append(hm.sample_pose(rng))
-            views.append(hm.sample_view(rng))
+            view = hm.sample_view(rng)
+            if roll_range is not None:
+                view[0] = rng.uniform(*roll_range)
+            views.append(view)
         places.append([rng.uniform(*u_range), rng.uniform(*v_range), rng.uniform(*z_range)])
     return HandTrack(np.array(keys), np.array(poses), np.array(views), np.array(places))
 

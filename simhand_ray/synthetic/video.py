@@ -21,6 +21,7 @@ from simhand_ray.synthetic import background as bg
 from simhand_ray.synthetic import freihand_export as fh
 from simhand_ray.synthetic import labels as lb
 from simhand_ray.synthetic import motion
+from simhand_ray.synthetic import raster
 from simhand_ray.synthetic import render
 
 # Independent random streams per purpose (so adding draws to one never shifts another).
@@ -48,8 +49,6 @@ class SynthConfig:
     supersample: int = 2
     codec: str = "auto"            # auto: libx264 if this PyAV has it, else mpeg4
     crf: int = 20
-    freihand_every: int = 0        # keep a FreiHAND crop of every hand on every N-th frame (0: none)
-    montage_frames: int = 0        # frames per video handed back for a montage
 
     def __post_init__(self):
         if self.width % 2 or self.height % 2:
@@ -124,11 +123,15 @@ def plan_video(cfg: SynthConfig, index: int, pool: motion.PosePool, photos: Sequ
     gap = (cfg.key_gap[0], cfg.key_gap[1])
     F = cfg.frames_per_video
     if rng.random() < cfg.two_hands_prob:
-        hands = (("right", motion.sample_track(rng, F, pool, cfg.pool_prob, gap, (0.55, 0.75), v_range, z_range)),
-                 ("left", motion.sample_track(rng, F, pool, cfg.pool_prob, gap, (0.25, 0.45), v_range, z_range)))
+        # each arm comes from its own side of the frame (fingers up or leaning inwards), so arms do not cross
+        hands = (("right", motion.sample_track(rng, F, pool, cfg.pool_prob, gap, (0.55, 0.75), v_range, z_range,
+                                               left=False, roll_range=(-np.deg2rad(100), np.deg2rad(15)))),
+                 ("left", motion.sample_track(rng, F, pool, cfg.pool_prob, gap, (0.25, 0.45), v_range, z_range,
+                                              left=True, roll_range=(-np.deg2rad(15), np.deg2rad(100)))))
     else:
         side = "right" if rng.random() < 0.5 else "left"
-        hands = ((side, motion.sample_track(rng, F, pool, cfg.pool_prob, gap, (0.3, 0.7), v_range, z_range)),)
+        hands = ((side, motion.sample_track(rng, F, pool, cfg.pool_prob, gap, (0.3, 0.7), v_range, z_range,
+                                            left=side == "left")),)
     canvas = bg.make_canvas(rng, photos, cfg.width, cfg.height, cfg.photo_prob)
     pan = bg.pan_path(rng, canvas, cfg.width, cfg.height)
     occluder = None
@@ -164,7 +167,7 @@ def pose_hands(plan: VideoPlan, frame: int, width: int, height: int) -> list[Pos
     return out
 
 
-def _occluder_prims(occ: Occluder, hand: PosedHand, frame: int) -> render.Primitives | None:
+def _occluder_prims(occ: Occluder, hand: PosedHand, frame: int) -> raster.Primitives | None:
     if not occ.start <= frame < occ.end:
         return None
     s = (frame - occ.start) / max(occ.end - occ.start - 1, 1)
@@ -191,7 +194,7 @@ def render_frames(cfg: SynthConfig, plan: VideoPlan, video_file: str) -> Iterato
         t = frame / max(cfg.frames_per_video - 1, 1)
         background = bg.frame_background(plan.canvas, plan.pan, t, W, H)
         hands = pose_hands(plan, frame, W, H)
-        prims = render.Primitives()
+        prims = raster.Primitives()
         for hand in hands:
             prims.extend(render.hand_primitives(hand.joints, hand.frames, plan.shape, plan.look, hand.hand_index))
         if plan.occluder is not None:
@@ -199,9 +202,9 @@ def render_frames(cfg: SynthConfig, plan: VideoPlan, video_file: str) -> Iterato
             if occ is not None:
                 prims.extend(occ)
         z_ref = float(min(h.joints[:, 2].min() for h in hands))
-        light = render.Light(plan.look.light_dir, plan.look.light_color, plan.look.ambient, z_ref)
-        raster = render.rasterize(prims, plan.K, W, H, light, cfg.supersample)
-        image = render.apply_camera(render.composite(background, raster), plan.look,
+        light = raster.Light(plan.look.light_dir, plan.look.light_color, plan.look.ambient, z_ref)
+        drawn = raster.rasterize(prims, plan.K, W, H, light, cfg.supersample)
+        image = render.apply_camera(raster.composite(background, drawn), plan.look,
                                     np.random.default_rng([cfg.seed, _NOISE, plan.index, frame]))
         rows = []
         for hand in hands:
@@ -211,8 +214,8 @@ def render_frames(cfg: SynthConfig, plan: VideoPlan, video_file: str) -> Iterato
             rows.append(dict(
                 video_id=plan.video_id, video_file=video_file, frame_index=frame, hand_index=hand.hand_index,
                 handedness=hand.handedness, image_width=W, image_height=H,
-                keypoints_2d=render.project(hand.joints, plan.K), joints_3d=hand.joints, K=plan.K, box=box,
-                visibility=render.visibility(raster, hand.joints, hand.frames, plan.shape.radii, plan.K,
+                keypoints_2d=raster.project(hand.joints, plan.K), joints_3d=hand.joints, K=plan.K, box=box,
+                visibility=render.visibility(drawn, hand.joints, hand.frames, plan.shape.radii, plan.K,
                                              hand.hand_index, W, H)))
         yield RenderedFrame(frame, image, rows, hands)
 
@@ -259,19 +262,22 @@ class VideoResult:
     labels_uri: str
     frames: int
     hands: int                      # label rows
-    seconds: float
+    seconds: float                  # wall time
+    cpu_seconds: float              # CPU time of this process (rendering + encoding + writing)
     codec: str
     freihand: list = field(default_factory=list)        # freihand_export.Sample
     montage: list = field(default_factory=list)         # (image, rows) of a few frames
 
 
 def make_video(cfg: SynthConfig, index: int, output_dir: str, photos: Sequence[np.ndarray],
-               pool: motion.PosePool | None = None) -> VideoResult:
+               pool: motion.PosePool | None = None, montage_frames: int = 0, freihand_every: int = 0) -> VideoResult:
     """Render, encode and write one video + its sidecar labels under ``output_dir`` (path or s3://).
 
-    The labels are written last: a labels file present means its video is complete.
+    The labels are written last: a labels file present means its video is complete. Also hands back
+    ``montage_frames`` evenly spaced frames with their labels, and a FreiHAND sample of every hand wholly
+    inside the frame on every ``freihand_every``-th frame (0: none).
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pool = pose_pool(cfg) if pool is None else pool
     plan = plan_video(cfg, index, pool, photos)
     codec = choose_codec(cfg.codec)
@@ -280,14 +286,13 @@ def make_video(cfg: SynthConfig, index: int, output_dir: str, photos: Sequence[n
     video_uri = storage.join(output_dir, video_file)
     encoder = VideoEncoder(cfg.width, cfg.height, cfg.fps, codec, cfg.crf)
     rows, samples, montage = [], [], []
-    montage_at = set(np.linspace(0, cfg.frames_per_video - 1, cfg.montage_frames).round().astype(int).tolist()) \
-        if cfg.montage_frames else set()
+    montage_at = set(np.linspace(0, cfg.frames_per_video - 1, montage_frames).round().astype(int).tolist())
     for fr in render_frames(cfg, plan, video_file):
         encoder.add(fr.image)
         rows.extend(fr.rows)
         if fr.index in montage_at:
             montage.append((fr.image, fr.rows))
-        if cfg.freihand_every and fr.index % cfg.freihand_every == 0:
+        if freihand_every and fr.index % freihand_every == 0:
             for row in fr.rows:
                 kp = np.asarray(row["keypoints_2d"])
                 if np.all((kp >= 0) & (kp < [cfg.width, cfg.height])):
@@ -299,4 +304,4 @@ def make_video(cfg: SynthConfig, index: int, output_dir: str, photos: Sequence[n
     storage.write_parquet_atomic(lb.labels_table(rows), labels_uri,
                                  metadata={"synth_config": cfg.to_dict(), "video_id": plan.video_id})
     return VideoResult(plan.video_id, video_uri, labels_uri, cfg.frames_per_video, len(rows),
-                       time.perf_counter() - t0, codec, samples, montage)
+                       time.perf_counter() - t0, time.process_time() - c0, codec, samples, montage)

@@ -33,12 +33,13 @@ import pyarrow.parquet as pq
 
 from simhand_ray import storage
 from simhand_ray.config import PretrainConfig
-from simhand_ray.schema import NUM_JOINTS
+from simhand_ray.schema import NUM_JOINTS, keypoints_array
 from simhand_ray.train import augment
 
 log = logging.getLogger(__name__)
 
 _UNIT, _ITEM, _ORDER = 0, 1, 2  # seed domains
+MAX_BLOCKS = 4096
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,6 @@ def read_items(batch: dict[str, np.ndarray], *, index: PairsIndex, weights: np.n
 
     Out: anchor_jpeg (m,) bytes, anchor_keypoints (m, 21, 2) float32, [positive_*], row_key, epoch, copy.
     """
-    from simhand_ray.schema import keypoints_array
-
     cols = read_columns(uses_positive)
     out: dict[str, list] = {k: [] for k in ("anchor_jpeg", "anchor_keypoints", "positive_jpeg",
                                             "positive_keypoints", "row_key", "epoch", "copy")}
@@ -238,9 +237,10 @@ def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start
 
     weights = source_weights(index, cfg.balance_sources)
     items = plan_items(index, weights, cfg.seed, cfg.interleave, num_epochs, start_samples)
-    if not items:
-        raise ValueError("the pairs stream is empty from this position: nothing left to train on")
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    if not items:  # a finished run resubmitted: an item that emits nothing keeps the pipeline well-formed
+        items = [{"epoch": num_epochs - 1, "item": 0, "units": [0], "skip": 2 ** 62}]
+    # One item per block keeps the stream close to plan order; past MAX_BLOCKS a block holds a few items.
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
     ds = ds.map_batches(read_items, batch_size=1, batch_format="numpy",
                         fn_kwargs={"index": index, "weights": weights, "seed": cfg.seed,
                                    "uses_positive": cfg.uses_positive})

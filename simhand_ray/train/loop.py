@@ -29,6 +29,8 @@ from simhand_ray.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
+EVENTS_DIR = "events"  # restores and injected failures, one small JSON each
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -64,6 +66,7 @@ def build_training(cfg: PretrainConfig, plan: Plan, device: torch.device):
     return model, opt, sched, scaler
 
 
+@torch.no_grad()
 def weight_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Global L2 norms of the weights and of their gradients (device tensors, no host sync)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -99,10 +102,18 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: Pret
     return {"loss": loss.detach(), "lr": torch.tensor(lr), **stats, **{k: v.detach() for k, v in extras.items()}}
 
 
+def _inject_failure_once(output: str, step: int) -> None:
+    """Testing aid (``fail_at_step``): raise the first time a run reaches ``step``, as a dying worker would."""
+    marker = storage.join(output, EVENTS_DIR, f"injected-failure-{step:08d}.json")
+    if not storage.exists(marker):
+        storage.write_json_atomic(marker, {"step": step})
+        raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
+
+
 def _worker_logging(rank: int) -> None:
     """Rank 0 logs at INFO to the worker's stderr (which Ray forwards); other ranks stay quiet."""
     root = logging.getLogger("simhand_ray")
-    if rank == 0 and not root.handlers:
+    if rank == 0 and not root.handlers and not logging.getLogger().handlers:
         h = logging.StreamHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(h)
@@ -150,6 +161,9 @@ def train_loop_per_worker(config: dict) -> None:
         step = int(state["step"])
         if rank == 0:
             log.info("restored step %d from checkpoint (digest %s, saved %s)", step, restored, state["digest"])
+            storage.write_json_atomic(
+                storage.join(cfg.output, EVENTS_DIR, f"restore-{step:08d}-{time.time_ns()}.json"),
+                {"step": step, "restored_digest": restored, "saved_digest": state["digest"]})
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     gather = cfg.gather_distributed and world > 1
     global_batch = cfg.local_batch_size * world
@@ -177,10 +191,10 @@ def train_loop_per_worker(config: dict) -> None:
         t2 = time.perf_counter()
         timer.data_s += t1 - t0
         timer.compute_s += t2 - t1
-        pending.append({"step": step, "epoch": epoch, "data_s": t1 - t0, "compute_s": t2 - t1,
+        pending.append({"step": step, "epoch": epoch, "time": time.time(), "data_s": t1 - t0, "compute_s": t2 - t1,
                         "images_per_s": 2 * global_batch / max(t2 - t0, 1e-9), **out})
-        if cfg.fail_at_step and step == cfg.fail_at_step and ckpt is None and rank == 0:
-            raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
+        if cfg.fail_at_step and step == cfg.fail_at_step and rank == 0:
+            _inject_failure_once(cfg.output, step)
         save_now = step % cfg.checkpoint_every == 0 or step == stop
         if save_now or step % cfg.log_every == 0:
             rows = _flush(pending, device)

@@ -1,3 +1,0 @@
-import ray
-def test_a(ray_cluster):
-    assert ray.is_initialized()

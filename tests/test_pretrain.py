@@ -1,0 +1,295 @@
+"""The pretrain job: the pairs stream (sampling, resume position), one training step, and end-to-end runs on
+Ray Train with 2 CPU workers reading pairs from the moto S3 server.
+
+The pairs are real JPEG crops of the sample images (schema.PAIRS) with hand-shaped keypoints.
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torchvision
+
+from conftest import REPO, real_data
+from simhand_ray import schema, storage
+from simhand_ray.config import AugmentConfig, PretrainConfig
+from simhand_ray.train import checkpoint, data, metrics
+from simhand_ray.train.loop import Plan, build_training, train_step
+from simhand_ray.train.run import plan_run
+from test_augment import HAND
+
+IMAGES = ("handSrc.jpg", "messi5.jpg", "fruits.jpg", "building.jpg", "Back_Projection1_Source_Image.jpg")
+
+
+def make_pairs(uri: str, n: int = 16, files: int = 2, seed: int = 0, split: int = 12) -> None:
+    """``n`` pairs of 224x224 crops of the real sample images; the first ``split`` rows from source "ego4d",
+    the rest from "100doh"; keypoints are the HAND layout turned, scaled and jittered per crop."""
+    rng = np.random.default_rng(seed)
+    images = [cv2.imread(str(real_data("images", name))) for name in IMAGES]
+    rows = []
+    for i in range(n):
+        crops, kps = [], []
+        for _ in range(2):
+            im = images[rng.integers(len(images))]
+            s = int(rng.integers(160, min(im.shape[:2]) + 1))
+            y0, x0 = rng.integers(0, im.shape[0] - s + 1), rng.integers(0, im.shape[1] - s + 1)
+            crops.append(cv2.imencode(".jpg", cv2.resize(im[y0:y0 + s, x0:x0 + s], (224, 224)))[1].tobytes())
+            a = np.deg2rad(rng.uniform(-30, 30))
+            rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            kp = (HAND - 112) @ rot.T * rng.uniform(0.7, 1.0) + 112 + rng.normal(0, 3, size=HAND.shape)
+            kps.append(kp.astype(np.float32).reshape(-1).tolist())
+        src = "ego4d" if i < split else "100doh"
+        rows.append({"anchor_id": f"{src}:a{i}:{i:08d}:0", "positive_id": f"{src}:p{i}:{i:08d}:0",
+                     "anchor_jpeg": crops[0], "positive_jpeg": crops[1], "anchor_keypoints": kps[0],
+                     "positive_keypoints": kps[1], "distance": float(rng.uniform()), "source": src})
+    per = -(-n // files)
+    for f in range(files):
+        table = pa.Table.from_pylist(rows[f * per:(f + 1) * per], schema=schema.PAIRS)
+        storage.write_parquet_atomic(table, storage.join(uri, f"part-{f:05d}.parquet"))
+
+
+@pytest.fixture(scope="module")
+def local_pairs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pairs")
+    make_pairs(str(d))
+    return str(d)
+
+
+def _stream_rows(index, weights, seed, interleave, epochs, start=0):
+    """The stream as (epoch, unit, row, copy) tuples, from the plan (what read_items emits, in order)."""
+    out = []
+    for it in data.plan_items(index, weights, seed, interleave, epochs, start):
+        pos, rows, copies = data.item_rows(seed, it["epoch"], it["item"], it["units"], index, weights)
+        out += [(it["epoch"], it["units"][p], r, c) for p, r, c in zip(pos, rows, copies)][it["skip"]:]
+    return out
+
+
+# --- the pairs stream --------------------------------------------------------------------------------------
+def test_index_and_source_balanced_weights(local_pairs):
+    index = data.index_pairs(local_pairs, max_unit_rows=2048)
+    assert index.num_rows == 16 and len(index.units) == 2
+    assert index.source_counts() == {"ego4d": 12, "100doh": 4}
+    w = data.source_weights(index, balance=True)
+    np.testing.assert_allclose(w, [16 / (2 * 12), 16 / (2 * 4)])
+    np.testing.assert_allclose(data.source_weights(index, balance=False), [1, 1])
+    # Over many epochs each source contributes half of the rows, and an epoch holds about N rows.
+    stream = _stream_rows(index, w, seed=0, interleave=2, epochs=200)
+    codes = np.array([index.unit_sources[u][r] for _, u, r, _ in stream])
+    assert abs(np.mean(codes == 0) - 0.5) < 0.02
+    assert abs(len(stream) / 200 - 16) < 0.5
+    # Copies of one row in one epoch are numbered 0, 1, ... (they get different augmentations).
+    seen: dict = {}
+    for e, u, r, c in stream:
+        seen.setdefault((e, u, r), []).append(c)
+    assert all(sorted(c) == list(range(len(c))) for c in seen.values())
+    assert max(len(c) for c in seen.values()) >= 2
+
+
+def test_plan_resumes_at_the_consumed_position(local_pairs):
+    index = data.index_pairs(local_pairs, max_unit_rows=5)   # 8 rows per file -> units of 5 + 3 rows
+    assert [u.num_rows for u in index.units] == [5, 3, 5, 3]
+    w = data.source_weights(index, balance=True)
+    full = _stream_rows(index, w, seed=3, interleave=2, epochs=3)
+    for start in (0, 1, 7, 16, 23, len(full) - 1, len(full)):
+        assert _stream_rows(index, w, seed=3, interleave=2, epochs=3, start=start) == full[start:]
+
+
+def test_read_unit_chunks_a_large_row_group(tmp_path):
+    table = pa.table({"anchor_id": [f"a{i}" for i in range(10)], "source": ["s"] * 10})
+    pq.write_table(table, tmp_path / "one.parquet", row_group_size=10)
+    index = data.index_pairs(str(tmp_path), max_unit_rows=4)
+    assert [(u.start, u.stop) for u in index.units] == [(0, 4), (4, 8), (8, 10)]
+    got = sum((data.read_unit(u, ["anchor_id"]).column(0).to_pylist() for u in index.units), [])
+    assert got == table.column("anchor_id").to_pylist()
+
+
+def test_read_items_gives_rows_for_augment(local_pairs):
+    index = data.index_pairs(local_pairs, max_unit_rows=2048)
+    w = data.source_weights(index, balance=True)
+    items = data.plan_items(index, w, seed=0, interleave=2, num_epochs=1)
+    batch = {k: np.array([it[k] for it in items[:1]] if k != "units" else [np.array(items[0]["units"])],
+                         dtype=None if k != "units" else object) for k in ("epoch", "item", "units", "skip")}
+    rows = data.read_items(batch, index=index, weights=w, seed=0, uses_positive=True)
+    n = len(rows["row_key"])
+    assert rows["anchor_keypoints"].shape == (n, 21, 2) and len(rows["positive_jpeg"]) == n
+    views = data.augment.augment_batch(rows, seed=0, uses_positive=True, cfg=AugmentConfig(size=64))
+    assert views["view1"].shape == (n, 3, 64, 64)
+
+
+def test_plan_run_warmup_and_totals():
+    cfg = PretrainConfig(batch_size=8, epochs=100, warmup_epochs=10)
+    plan = plan_run(cfg, num_rows=80)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (10, 1000, 100)
+    plan = plan_run(PretrainConfig(batch_size=8, max_steps=50), num_rows=80)
+    assert (plan.total_steps, plan.warmup_steps, plan.stream_epochs) == (50, 5, 6)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        plan_run(PretrainConfig(batch_size=100), num_rows=80)
+
+
+# --- optimiser ---------------------------------------------------------------------------------------------
+def test_param_groups_exclude_bn_and_biases():
+    from simhand_ray.train.model import ContrastiveModel
+    from simhand_ray.train.optim import param_groups
+
+    m = ContrastiveModel("resnet18")
+    decay, plain = param_groups(m, 1e-6)
+    assert decay["weight_decay"] == 1e-6 and decay["lars"] and plain["weight_decay"] == 0 and not plain["lars"]
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert all(names[id(p)].endswith("weight") and p.ndim > 1 for p in decay["params"])
+    assert {names[id(p)] for p in plain["params"]} >= {"trunk.bn1.weight", "trunk.bn1.bias", "head.0.bias"}
+    assert len(decay["params"]) + len(plain["params"]) == len(list(m.parameters()))
+
+
+def test_lars_scales_gradients_as_the_reference():
+    """With SGD(lr) inside, one step moves w by lr x min(eta |w| / (|g| + wd |w|) / lr, 1) x (g + wd w)."""
+    from simhand_ray.train.optim import LARS
+
+    w0 = torch.tensor([[3.0, 4.0]])              # |w| = 5
+    for g, lr in ((torch.tensor([[0.6, 0.8]]), 0.1), (torch.tensor([[300.0, 400.0]]), 0.1),
+                  (torch.tensor([[0.006, 0.008]]), 1e-4)):
+        w = torch.nn.Parameter(w0.clone())
+        opt = LARS(torch.optim.SGD([{"params": [w], "weight_decay": 0.01, "lars": True}], lr=lr), eta=0.02)
+        w.grad = g.clone()
+        opt.step()
+        gn, wn = float(g.norm()), 5.0
+        ratio = min(0.02 * wn / (gn + 0.01 * wn + 1e-8) / lr, 1.0)
+        torch.testing.assert_close(w.detach(), w0 - lr * ratio * (g + 0.01 * w0))
+        assert opt.param_groups[0]["weight_decay"] == 0.01   # restored after the step
+
+
+def test_warmup_cosine_schedule():
+    from simhand_ray.train.optim import build_optimizer, warmup_cosine
+
+    assert [warmup_cosine(s, 4, 12) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert warmup_cosine(4, 4, 12) == 1.0 and warmup_cosine(8, 4, 12) == pytest.approx(0.5)
+    assert warmup_cosine(12, 4, 12) == pytest.approx(0.0, abs=1e-12)
+    m = torch.nn.Linear(2, 2)
+    opt, sched = build_optimizer(m, 0.4, 1e-6, 0.02, 2, 6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        m(torch.ones(1, 2)).sum().backward()
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(lrs, [0.2, 0.4, 0.4, 0.4 * 0.5 * (1 + np.cos(np.pi / 4)), 0.2,
+                                     0.4 * 0.5 * (1 + np.cos(3 * np.pi / 4))], rtol=1e-6)
+
+
+def test_float16_loss_scaling_works_with_the_lars_wrapper():
+    from simhand_ray.train.optim import build_optimizer
+
+    m = torch.nn.Linear(4, 2)
+    opt, sched = build_optimizer(m, 1e-2, 1e-6, 0.02, 0, 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = m.weight.detach().clone()
+    scaler.scale(m(torch.randn(3, 4)).pow(2).sum()).backward()
+    scaler.unscale_(opt)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    assert not torch.equal(before, m.weight) and torch.isfinite(m.weight).all()
+
+
+# --- one worker's step -------------------------------------------------------------------------------------
+def test_loss_falls_when_overfitting_a_fixed_batch(local_pairs):
+    """resnet18, 8 pairs, the same views every step: the SiMHand-W loss drops well below its start."""
+    cfg = PretrainConfig(method="simhand-w", arch="resnet18", batch_size=8, base_lr=1e-3, max_steps=10,
+                         warmup_epochs=0, augment=AugmentConfig(size=64))
+    index = data.index_pairs(local_pairs, max_unit_rows=2048)
+    w = np.ones(len(index.sources))
+    items = data.plan_items(index, w, seed=0, interleave=1, num_epochs=1)[:1]
+    batch = {"epoch": np.array([0]), "item": np.array([0]), "units": np.array([np.array(items[0]["units"])],
+                                                                              dtype=object), "skip": np.array([0])}
+    rows = data.read_items(batch, index=index, weights=w, seed=0, uses_positive=True)
+    views = data.augment.augment_batch(rows, seed=0, uses_positive=True, cfg=cfg.augment)
+    fixed = {k: torch.from_numpy(v) for k, v in views.items() if k != "epoch"}
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    model, opt, sched, scaler = build_training(cfg, Plan(1, 10, 0, 2, 8), device)
+    found = [float(train_step(model, fixed, cfg, opt, sched, scaler, device)["loss"]) for _ in range(10)]
+    assert all(np.isfinite(found))
+    assert np.mean(found[-3:]) < found[0] - 0.3, found
+
+
+# --- end to end on Ray Train ---------------------------------------------------------------------------------
+def submit_job(address: str, entrypoint: list[str]) -> str:
+    """``ray job submit`` the entry point; returns its output (asserts success).
+
+    ``local://``: the repo is used in place (this machine is the only node), so no uploaded package is
+    involved; an uploaded working_dir was seen garbage-collected from the GCS mid-job on a loaded machine.
+    """
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", address,
+           "--working-dir", f"local://{REPO}", "--", *entrypoint]
+    deadline = time.monotonic() + 300
+    while True:  # the dashboard's job agent may be slow to answer on a loaded machine
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in res.stdout + res.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert res.returncode == 0 and "succeeded" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+def _restores(out: str) -> list[dict]:
+    return [storage.read_json(u) for u in storage.list_files(storage.join(out, "events"), (".json",))
+            if "restore-" in u]
+
+
+def _saved_digest(out: str, step: int) -> str:
+    return storage.read_json(storage.join(out, checkpoint.RUN_NAME, checkpoint.dir_name(step),
+                                          checkpoint.META_FILE))["digest"]
+
+
+@pytest.mark.slow
+def test_pretrain_job_on_s3_two_workers_with_failure_and_resubmission(ray_cluster, s3_bucket):
+    """The job (CLI entry point), 2 CPU workers, pairs and output on the moto S3 server.
+
+    Submission 1 (in-process): a worker dies at step 3; Ray Train restarts the group from the step-2
+    checkpoint; the submission stops after its step-4 checkpoint. Submission 2 (``ray job submit``,
+    --resume) restores step 4 and finishes at 8.
+    Every restore loads exactly the saved model + optimiser state (digests). On a fixed batch (16 pairs =
+    the global batch, same views every epoch) the loss is finite and falls; trunk.pt loads into torchvision.
+    """
+    import pretrain
+
+    pairs, out = storage.join(s3_bucket, "pairs"), storage.join(s3_bucket, "pretrain")
+    make_pairs(pairs, n=16, files=2)
+    args = ["--pairs", pairs, "--output", out, "--method", "simhand-w", "--arch", "resnet18", "--num-workers", "2",
+            "--cpus-per-worker", "0.5", "--batch-size", "16", "--max-steps", "8", "--warmup-epochs", "0",
+            "--base-lr", "5e-4", "--checkpoint-every", "2", "--keep-checkpoints", "10", "--log-every", "2",
+            "--max-failures", "1", "--no-balance-sources", "--fixed-views", "--image-size", "64",
+            "--augment-batch-size", "8"]
+    assert pretrain.main(args + ["--stop-at-step", "4", "--fail-at-step", "3"]) == 0
+    summary = storage.read_json(storage.join(out, "pretrain.json"))
+    assert summary["status"] == "stopped" and summary["step"] == 4 and summary["trunk"] is None
+    assert storage.exists(storage.join(out, "events", "injected-failure-00000003.json"))
+    with pytest.raises(ValueError, match="--resume"):
+        pretrain.main(args)
+    submit_job(ray_cluster, [sys.executable, "jobs/pretrain.py", *args, "--resume"])
+    summary = storage.read_json(storage.join(out, "pretrain.json"))
+    assert summary["status"] == "done" and summary["step"] == 8
+
+    restores = sorted(_restores(out), key=lambda r: r["step"])
+    assert [r["step"] for r in restores] == [2, 4]      # the worker-group restart, then the re-submission
+    for r in restores:
+        assert r["restored_digest"] == r["saved_digest"] == _saved_digest(out, r["step"])
+
+    rows = metrics.read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    losses = [r["loss"] for r in rows]
+    assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < losses[0] - 0.1, losses
+    assert all(r["images_per_s"] > 0 and r["weight_norm"] > 0 and 0 <= r["pos_weight"] <= 1 for r in rows)
+    assert storage.read_bytes(storage.join(out, metrics.LOSS_CURVE))[:4] == b"\x89PNG"
+    assert checkpoint.read_position(out)["position"]["samples"] == 8 * 16
+    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(out, "trunk.pt"))), weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
