@@ -240,7 +240,8 @@ def print_table(rows: list[dict], exact_max: int) -> None:
           " about cpu s / cores); load: mean 1-min load average during the run")
     flat = [r for r in rows if r["index"] == "flat"]
     if flat:
-        big = max(flat, key=lambda r: r["n"])
+        top = max(r["n"] for r in flat)  # the cheapest layout measured at the largest exact N
+        big = min((r for r in flat if r["n"] == top), key=lambda r: r["workers_cpu_s"] + r["driver_cpu_s"])
         for n in sorted({r["n"] for r in rows} - {r["n"] for r in flat}):
             f = (n / big["n"]) ** 2
             cpu = (big["workers_cpu_s"] + big["driver_cpu_s"]) * f

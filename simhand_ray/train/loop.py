@@ -152,8 +152,9 @@ def train_loop_per_worker(config: dict) -> None:
     step, restored = 0, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = checkpoint.load(d)
+        # A private copy per worker: workers on one node sharing as_directory()'s download raced on S3.
+        with tempfile.TemporaryDirectory() as d:
+            state = checkpoint.load(ckpt.to_directory(d))
         if state["config_hash"] != config_hash:
             raise ValueError(f"checkpoint config {state['config_hash']} != this run's {config_hash}: "
                              "the output holds a different run")
