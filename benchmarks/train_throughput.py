@@ -70,7 +70,8 @@ def load_rows(cfg) -> dict:
     weights = np.ones(len(index.sources))
     units = np.empty(1, dtype=object)
     units[0] = np.arange(len(index.units))
-    batch = {"epoch": np.zeros(1, np.int64), "item": np.zeros(1, np.int64), "units": units, "skip": np.zeros(1, np.int64)}
+    batch = {"epoch": np.zeros(1, np.int64), "item": np.zeros(1, np.int64), "units": units,
+             "skip": np.zeros(1, np.int64)}
     return data.read_items(batch, index=index, weights=weights, seed=cfg.seed, uses_positive=cfg.uses_positive)
 
 

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gather", action="store_true", help="negatives from each worker's own batch only")
     p.add_argument("--no-balance-sources", action="store_true", help="sample rows uniformly, not per source")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--fixed-views", action="store_true", help="same augmentation every epoch (debugging, overfit checks)")
+    p.add_argument("--fixed-views", action="store_true",
+                   help="same augmentation every epoch (debugging, overfit checks)")
     p.add_argument("--image-size", type=int, default=AugmentConfig().size, help="side of the augmented views")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
@@ -69,7 +70,8 @@ def pretrain_config(a: argparse.Namespace) -> PretrainConfig:
         amp=not a.no_amp, amp_dtype=a.amp_dtype, gather_distributed=not a.no_gather,
         balance_sources=not a.no_balance_sources, seed=a.seed, checkpoint_every=a.checkpoint_every,
         keep_checkpoints=a.keep_checkpoints, log_every=a.log_every, max_failures=a.max_failures, resume=a.resume,
-        stop_at_step=a.stop_at_step, fail_at_step=a.fail_at_step, shuffle_buffer=a.shuffle_buffer, augment_batch_size=a.augment_batch_size,
+        stop_at_step=a.stop_at_step, fail_at_step=a.fail_at_step, shuffle_buffer=a.shuffle_buffer,
+        augment_batch_size=a.augment_batch_size,
         fixed_views=a.fixed_views, augment=AugmentConfig(size=a.image_size))
 
 

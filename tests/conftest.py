@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import importlib.util
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,26 @@ def real_data(*parts: str) -> Path:
         if p.exists():
             return p
     pytest.skip(f"sample file {'/'.join(parts)} not available")
+
+
+def load_job(name: str):
+    """A job script (jobs/NAME.py) as a module, so its ``main(argv)`` runs in this process."""
+    jobs = REPO / "jobs"
+    if str(jobs) not in sys.path:
+        sys.path.insert(0, str(jobs))
+    spec = importlib.util.spec_from_file_location(f"job_{name}", jobs / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def hand_ids(output) -> set[str]:
+    """The hand_ids of a label output, checked free of duplicates."""
+    from simhand_ray import storage
+
+    ids = storage.read_parquet(storage.join(str(output), "hands"), columns=["hand_id"])["hand_id"].to_pylist()
+    assert len(ids) == len(set(ids)), "duplicate hand_ids"
+    return set(ids)
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, free_port, real_data
-from simhand_ray import storage
+from conftest import REPO, hand_ids, free_port, real_data
 from simhand_ray.config import LabelConfig
 
 pytestmark = pytest.mark.cluster
@@ -183,12 +182,6 @@ def max_concurrent(nodes: list[dict], t0_ms: float) -> int:
         cur += d
         best = max(best, cur)
     return best
-
-
-def hand_ids(output) -> set[str]:
-    ids = storage.read_parquet(storage.join(str(output), "hands"), columns=["hand_id"])["hand_id"].to_pylist()
-    assert len(ids) == len(set(ids)), "duplicate hand_ids"
-    return set(ids)
 
 
 @pytest.fixture(scope="module")

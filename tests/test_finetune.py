@@ -2,16 +2,14 @@
 through Ray (fine-tune with 2 DDP workers, resume with 1, evaluate, report) on a FreiHAND-format fixture."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
+from conftest import load_job
 from simhand_ray import storage
 from simhand_ray.evaluate import preprocess
 from simhand_ray.evaluate.datasets import FreiHAND
@@ -20,17 +18,6 @@ from simhand_ray.evaluate.finetune import (CHECKPOINT, FinetuneConfig, load_chec
 from simhand_ray.evaluate.model import PoseNet, infer_arch, make_trunk, pose_loss
 from test_datasets import write_freihand
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
-
-
-def load_job(name: str):
-    """A job script (jobs/NAME.py) as a module, so its ``main(argv)`` runs in this process."""
-    if str(JOBS) not in sys.path:
-        sys.path.insert(0, str(JOBS))
-    spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_trunk_loads_pretrain_and_imagenet_formats_strictly(tmp_path):

@@ -1,5 +1,4 @@
 """frames: segmented decoding equals decoding all; keyframe mode yields the true indices; bad inputs."""
-import shutil
 
 import numpy as np
 import pytest

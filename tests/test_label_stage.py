@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, real_data
+from conftest import REPO, hand_ids, real_data
 from simhand_ray import schema, storage
 from simhand_ray.config import LabelConfig
 from simhand_ray.mining.crops import decode_jpeg
@@ -21,12 +21,6 @@ pytestmark = pytest.mark.slow
 def run_stage(inputs, output, **kw):
     from simhand_ray.mining.pipeline import run_label_stage
     return run_label_stage(LabelConfig(inputs=tuple(map(str, inputs)), output=str(output), **kw), progress=False)
-
-
-def hand_ids(output):
-    ids = storage.read_parquet(storage.join(str(output), "hands"), columns=["hand_id"])["hand_id"].to_pylist()
-    assert len(ids) == len(set(ids)), "duplicate hand_ids"
-    return set(ids)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +129,7 @@ def test_killed_job_resumes_with_the_same_hands(ray_cluster, tmp_path):
 def test_ray_job_submit(ray_cluster, tmp_path):
     out = tmp_path / "submitted"
     cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", ray_cluster,
-           "--working-dir", str(REPO), "--", "python", "jobs/mine.py", "--stage", "label",
+           "--working-dir", str(REPO), "--", sys.executable, "jobs/mine.py", "--stage", "label",
            "--input", "data/sample/images", "--output", str(out)]
     for _ in range(30):  # the dashboard's job agent may still be starting on a loaded machine
         res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

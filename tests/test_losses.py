@@ -183,15 +183,20 @@ def test_gathered_loss_world_size_2_equals_full_batch():
 
     from conftest import free_port
 
-    ctx = mp.get_context("fork")  # the parent has imported everything already; spawn re-imports for ~20 s
+    # spawn, not fork: a child forked after the parent ran torch ops can deadlock in the OpenMP pool
+    ctx = mp.get_context("spawn")
     q = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_gather_worker, args=(r, 2, port, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(q.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    procs = [ctx.Process(target=_gather_worker, args=(r, 2, port, q), daemon=True) for r in range(2)]
+    try:
+        for p in procs:
+            p.start()
+        results = sorted(q.get(timeout=180) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
     p1, p2, a1, a2, s1, s2, k1, k2 = _batch(n=8, d=16, seed=5)
     p1.requires_grad_(True)
     p2.requires_grad_(True)

@@ -63,8 +63,8 @@ def test_undo_recovers_projection(angle):
     torch.testing.assert_close(back.reshape(1, -1), z, atol=1e-9, rtol=0)
     # The full step (normalise, undo, normalise) maps the moved projection back to the unit original.
     zn = torch.nn.functional.normalize(z, dim=1)
-    torch.testing.assert_close(equivariant_projection(moved.float(), torch.tensor([angle]), torch.from_numpy(shift[None])),
-                               zn.float(), atol=1e-5, rtol=0)
+    got = equivariant_projection(moved.float(), torch.tensor([angle]), torch.from_numpy(shift[None]))
+    torch.testing.assert_close(got, zn.float(), atol=1e-5, rtol=0)
 
 
 def test_rotation_sign_is_opencvs():

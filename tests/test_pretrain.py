@@ -231,7 +231,7 @@ def submit_job(address: str, entrypoint: list[str]) -> str | None:
     """
     cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address", address,
            "--working-dir", f"local://{REPO}", "--", *entrypoint]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 60
     while True:  # the dashboard's job agent may be slow to answer on a loaded machine
         res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
         if "No available agent" not in res.stdout + res.stderr:

@@ -2,10 +2,7 @@
 and one small run of the probe job through Ray (marked slow)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import load_job
 from simhand_ray import schema
 from simhand_ray.evaluate import probe
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
 R = np.sqrt(21 / 20)          # radius of the 20 non-wrist joints so that the RMS radius over 21 joints is 1
 
 
@@ -111,16 +108,6 @@ def test_no_other_video_gives_no_neighbour():
     mixed = np.array(["v", "v", "w"])
     r = probe.random_other_video(mixed, np.random.default_rng(0))
     assert r[0] == 2 and r[1] == 2 and r[2] in (0, 1)
-
-
-def load_job(name: str):
-    """A job script (jobs/NAME.py) as a module, so its ``main(argv)`` runs in this process."""
-    if str(JOBS) not in sys.path:
-        sys.path.insert(0, str(JOBS))
-    spec = importlib.util.spec_from_file_location(f"job_{name}", JOBS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def hands_table(n_videos: int = 3, per_video: int = 4, seed: int = 0) -> pa.Table:

@@ -125,7 +125,10 @@ def color_jitter(image: np.ndarray, params: ViewParams) -> np.ndarray:
 
 def augment_view(image: np.ndarray, keypoints: np.ndarray, params: ViewParams,
                  cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One view: image (H, W, 3) RGB uint8, keypoints (21, 2) -> (view (S, S, 3) uint8, keypoints (21, 2), shift (2,))."""
+    """One view of an image (H, W, 3) RGB uint8 with keypoints (21, 2).
+
+    Returns (view (S, S, 3) uint8, keypoints (21, 2) in view pixels, shift (2,)).
+    """
     a, shift = view_affine(keypoints, (image.shape[1], image.shape[0]), params, cfg)
     out = cv2.warpAffine(image, _pixel_matrix(a), (cfg.size, cfg.size), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))

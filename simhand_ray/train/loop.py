@@ -210,22 +210,21 @@ def train_loop_per_worker(config: dict) -> None:
                          100 * report["data_wait_frac"])
             timer.data_s = timer.compute_s = 0.0
             if save_now:
-                _save(cfg, ddp_model, model, opt, sched, scaler, step, epoch, global_batch, config_hash, report,
-                      timer, rank)
+                _save(cfg, model, opt, sched, scaler, step, epoch, global_batch, config_hash, report, timer, rank)
                 last_saved = step
             else:
                 ray.train.report(report)
     if last_saved != step:  # the stream ended early: keep what was trained
         rows = _flush(pending, device)
         timer.rows.extend(rows)
-        _save(cfg, ddp_model, model, opt, sched, scaler, step, epoch, global_batch, config_hash,
+        _save(cfg, model, opt, sched, scaler, step, epoch, global_batch, config_hash,
               {**(rows[-1] if rows else {"step": step}), "restored_digest": restored or ""}, timer, rank)
     if rank == 0 and step >= plan.total_steps:
         uri = checkpoint.save_trunk(model, cfg.output)
         log.info("wrote %s", uri)
 
 
-def _save(cfg: PretrainConfig, ddp_model, model, opt, sched, scaler, step: int, epoch: int, global_batch: int,
+def _save(cfg: PretrainConfig, model, opt, sched, scaler, step: int, epoch: int, global_batch: int,
           config_hash: str, report: dict, timer: StepTimer, rank: int) -> None:
     """Checkpoint through ``ray.train.report`` (rank 0 writes it), then the position pointer and metrics."""
     import ray.train
