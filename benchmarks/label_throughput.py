@@ -41,18 +41,25 @@ def make_inputs(root: str, copies: int) -> str:
 
 
 def plain_loop(cfg: LabelConfig) -> dict:
-    """The same work items, processed one after another in this process, no Ray."""
+    """The same work items, processed one after another in this process, no Ray, on one core: a Ray
+    labeler actor holds one CPU (Ray sets OMP_NUM_THREADS=1 there), so the loop gets one core too, or
+    OpenCV's and FFmpeg's own threads would give it a second one and the comparison would be 1 vs 2 cores."""
     from simhand_ray.mining.inputs import expand_inputs
     from simhand_ray.mining.labelers import build_labeler
     from simhand_ray.mining.pipeline import plan_video, process_work_item
 
-    t0 = time.time()
-    labeler = build_labeler(cfg.labeler)
-    frames = 0
-    for f in expand_inputs(cfg.inputs):
-        for item in plan_video(f, cfg):
-            frames += process_work_item(item, cfg, labeler)["frames_kept"]
-    return {"frames": frames, "seconds": time.time() - t0}
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        t0 = time.time()
+        labeler = build_labeler(cfg.labeler)
+        frames = 0
+        for f in expand_inputs(cfg.inputs):
+            for item in plan_video(f, cfg):
+                frames += process_work_item(item, cfg, labeler)["frames_kept"]
+        return {"frames": frames, "seconds": time.time() - t0}
+    finally:
+        os.sched_setaffinity(0, cores)
 
 
 def ray_stage(cfg: LabelConfig) -> dict:

@@ -84,9 +84,13 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(str(e))
     init_ray(a.num_cpus)
-    from simhand_ray.train.run import run_pretrain
+    from simhand_ray.train.run import IncompleteRunError, run_pretrain
 
-    summary = run_pretrain(cfg)
+    try:
+        summary = run_pretrain(cfg)
+    except IncompleteRunError as e:
+        log.error("%s", e)
+        return 1
     log.info("summary: %s", json.dumps({k: summary[k] for k in ("status", "step", "final_loss", "trunk",
                                                                 "loss_curve", "plan")}, indent=2))
     return 0

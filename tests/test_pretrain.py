@@ -136,6 +136,41 @@ def test_plan_run_warmup_and_totals():
         plan_run(PretrainConfig(batch_size=100), num_rows=80)
 
 
+def test_stream_covers_a_run_on_a_dataset_close_to_the_global_batch(tmp_path):
+    """14 pairs, global batch 8, 30 steps (the demo run): the planned stream holds every row the run needs
+    even when resampled epochs come out short, and a run that ends early is an error, not a success."""
+    make_pairs(str(tmp_path), n=14, files=1, split=13)   # 13 + 1 rows: balancing resamples heavily
+    index = data.index_pairs(str(tmp_path), max_unit_rows=2048)
+    w = data.source_weights(index, balance=True)
+    cfg = PretrainConfig(batch_size=8, max_steps=30)
+    plan = plan_run(cfg, index.num_rows)
+    need = plan.total_steps * cfg.batch_size + cfg.batch_size
+    for seed in range(20):
+        items, epochs = data.plan_stream(index, w, seed, 2, plan.stream_epochs, 0, need)
+        assert data.plan_rows(index, w, seed, items) >= need and epochs >= plan.stream_epochs
+        assert data.plan_rows(index, w, seed, items) == len(_stream_rows(index, w, seed, 2, epochs))
+    # Even a plan of one epoch is grown to cover the run, also from a resume position.
+    items, _ = data.plan_stream(index, w, 0, 2, 1, 100, need - 100)
+    assert data.plan_rows(index, w, 0, items) >= need - 100
+    from simhand_ray.train.run import IncompleteRunError, check_reached
+    check_reached(cfg, plan, 30)
+    check_reached(PretrainConfig(batch_size=8, max_steps=30, stop_at_step=10), plan, 10)
+    with pytest.raises(IncompleteRunError, match="ended at step 0 of 30"):
+        check_reached(cfg, plan, 0)
+
+
+def test_tiny_stream_on_ray_yields_every_planned_batch(ray_cluster, tmp_path):
+    """The Ray Data stream of a dataset smaller than two global batches gives the rows the run needs."""
+    make_pairs(str(tmp_path), n=10, files=1, split=9)
+    index = data.index_pairs(str(tmp_path), max_unit_rows=2048)
+    cfg = PretrainConfig(batch_size=8, max_steps=3, augment=AugmentConfig(size=32))
+    plan = plan_run(cfg, index.num_rows)
+    ds = data.build_dataset(cfg, index, 1, 0, plan.total_steps * cfg.batch_size)   # 1 epoch planned: too few
+    batches = list(ds.iter_batches(batch_size=cfg.batch_size, drop_last=True, batch_format="numpy"))
+    assert len(batches) >= plan.total_steps
+    assert batches[0]["view1"].shape == (8, 3, 32, 32)
+
+
 # --- optimiser ---------------------------------------------------------------------------------------------
 def test_param_groups_exclude_bn_and_biases():
     from simhand_ray.train.model import ContrastiveModel

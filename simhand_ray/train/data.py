@@ -172,6 +172,38 @@ def plan_items(index: PairsIndex, weights: np.ndarray, seed: int, interleave: in
     return items
 
 
+def plan_rows(index: PairsIndex, weights: np.ndarray, seed: int, items: list[dict]) -> int:
+    """Rows the planned ``items`` emit (what ``read_items`` yields for them, skipped heads excluded)."""
+    total = 0
+    for it in items:
+        n = sum(int(unit_multiplicity(seed, it["epoch"], u, index.unit_sources[u], weights).sum())
+                for u in it["units"])
+        total += max(0, n - int(it["skip"]))
+    return total
+
+
+def plan_stream(index: PairsIndex, weights: np.ndarray, seed: int, interleave: int, num_epochs: int,
+                start_samples: int = 0, min_rows: int = 0, max_epochs: int = 100_000) -> tuple[list[dict], int]:
+    """``plan_items`` over at least ``num_epochs`` epochs, extended until the items emit ``min_rows`` rows.
+
+    ``stream_epochs`` estimates the epochs from the nominal N rows per epoch; resampled epochs hold a random
+    number of rows (a tiny or unbalanced dataset can fall short of the estimate), so the plan is checked and
+    grown here rather than trusted. Returns (items, epochs planned).
+    """
+    epochs = max(1, num_epochs)
+    items = plan_items(index, weights, seed, interleave, epochs, start_samples)
+    rows = plan_rows(index, weights, seed, items)
+    while rows < min_rows:
+        if epochs >= max_epochs or index.num_rows == 0:
+            raise ValueError(f"the pairs stream holds {rows} rows after {epochs} epochs, fewer than the "
+                             f"{min_rows} the run needs")
+        per_epoch = max(1, rows // epochs) if rows else 1
+        epochs = min(max_epochs, max(epochs + 1, epochs + math.ceil((min_rows - rows) / per_epoch)))
+        items = plan_items(index, weights, seed, interleave, epochs, start_samples)
+        rows = plan_rows(index, weights, seed, items)
+    return items, epochs
+
+
 def read_unit(unit: Unit, columns: list[str]):
     """One unit's rows (selected columns) as a pyarrow Table."""
     fs, path = storage.resolve(unit.uri)
@@ -231,12 +263,20 @@ def stream_epochs(total_steps: int, global_batch: int, num_rows: int) -> int:
     return math.ceil(total_steps * global_batch / max(num_rows, 1)) + 1
 
 
-def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start_samples: int = 0):
-    """The Ray Dataset of augmented views (``augment.VIEW_COLUMNS``) from ``start_samples`` on."""
+def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start_samples: int = 0,
+                  total_samples: int = 0):
+    """The Ray Dataset of augmented views (``augment.VIEW_COLUMNS``) from ``start_samples`` on.
+
+    ``total_samples`` (steps x global batch of the whole run): the stream is planned to hold at least the
+    rows still needed plus one global batch of slack for the equal split over workers and ``drop_last``.
+    """
     import ray
 
     weights = source_weights(index, cfg.balance_sources)
-    items = plan_items(index, weights, cfg.seed, cfg.interleave, num_epochs, start_samples)
+    min_rows = max(0, total_samples - start_samples) + cfg.batch_size if total_samples > start_samples else 0
+    items, epochs = plan_stream(index, weights, cfg.seed, cfg.interleave, num_epochs, start_samples, min_rows)
+    if epochs > num_epochs:
+        log.info("the pairs stream needs %d epochs (planned %d) to hold %d rows", epochs, num_epochs, min_rows)
     if not items:  # a finished run resubmitted: an item that emits nothing keeps the pipeline well-formed
         items = [{"epoch": num_epochs - 1, "item": 0, "units": [0], "skip": 2 ** 62}]
     # One item per block keeps the stream close to plan order; past MAX_BLOCKS a block holds a few items.

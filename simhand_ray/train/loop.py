@@ -183,7 +183,7 @@ def train_loop_per_worker(config: dict) -> None:
         try:
             batch = next(it)
         except StopIteration:
-            log.warning("the data stream ended at step %d of %d", step, plan.total_steps)
+            log.error("the data stream ended at step %d of %d (the driver fails the run)", step, stop)
             break
         t1 = time.perf_counter()
         epoch = int(batch.pop("epoch")[0])

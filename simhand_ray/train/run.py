@@ -25,8 +25,8 @@ class DatasetFactory:
     re-submission the stream restarts where the latest finished checkpoint left it (``latest.json``).
     """
 
-    def __init__(self, cfg: dict, index: data.PairsIndex, stream_epochs: int):
-        self.cfg, self.index, self.stream_epochs = cfg, index, stream_epochs
+    def __init__(self, cfg: dict, index: data.PairsIndex, stream_epochs: int, total_samples: int = 0):
+        self.cfg, self.index, self.stream_epochs, self.total_samples = cfg, index, stream_epochs, total_samples
 
     def __call__(self):
         cfg = from_dict(PretrainConfig, self.cfg)
@@ -34,7 +34,25 @@ class DatasetFactory:
         start = int(position["position"]["samples"]) if position else 0
         if start:
             log.info("data stream resumes at sample %d (checkpoint step %d)", start, position["step"])
-        return data.build_dataset(cfg, self.index, self.stream_epochs, start)
+        return data.build_dataset(cfg, self.index, self.stream_epochs, start, self.total_samples)
+
+
+class IncompleteRunError(RuntimeError):
+    """Training ended before the step it was asked to reach (the data stream ran out)."""
+
+
+def target_step(cfg: PretrainConfig, plan: Plan) -> int:
+    """The step this submission must reach: the run's total, or ``stop_at_step`` when earlier."""
+    return min(plan.total_steps, cfg.stop_at_step) if cfg.stop_at_step else plan.total_steps
+
+
+def check_reached(cfg: PretrainConfig, plan: Plan, step: int) -> None:
+    """Raise ``IncompleteRunError`` when the run stopped short of ``target_step`` (never a silent success)."""
+    target = target_step(cfg, plan)
+    if step < target:
+        raise IncompleteRunError(
+            f"training ended at step {step} of {target}: the data stream ran out ({plan.num_rows} pairs, global "
+            f"batch {cfg.batch_size}, {plan.stream_epochs} stream epochs planned); no trunk was written")
 
 
 def plan_run(cfg: PretrainConfig, num_rows: int) -> Plan:
@@ -81,17 +99,21 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
             name=checkpoint.RUN_NAME, storage_path=storage_path, storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
-        datasets={"train": DatasetFactory(asdict(cfg), index, plan.stream_epochs)},
+        datasets={"train": DatasetFactory(asdict(cfg), index, plan.stream_epochs,
+                                          plan.total_steps * cfg.batch_size)},
     )
     result = trainer.fit()
     rows = metrics.read_metrics(cfg.output)
     curve = metrics.plot_loss_curve(rows, storage.join(cfg.output, metrics.LOSS_CURVE),
                                     f"{cfg.method} {cfg.arch}, global batch {cfg.batch_size}")
     final = checkpoint.read_position(cfg.output) or {}
-    done = final.get("step", 0) >= plan.total_steps
-    summary = {**manifest, "status": "done" if done else "stopped", "step": final.get("step", 0),
+    step = final.get("step", 0)
+    done = step >= plan.total_steps
+    short = step < target_step(cfg, plan)
+    summary = {**manifest, "status": "done" if done else "incomplete" if short else "stopped", "step": step,
                "final_loss": rows[-1]["loss"] if rows else None, "loss_curve": curve,
                "trunk": storage.join(cfg.output, checkpoint.TRUNK_FILE) if done else None,
                "result_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))}}
     storage.write_json_atomic(storage.join(cfg.output, MANIFEST), summary)
+    check_reached(cfg, plan, step)
     return summary
