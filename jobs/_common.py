@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,14 +27,27 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     env_vars = storage.aws_env()
     env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
-    kwargs = dict(runtime_env={"env_vars": env_vars}, ignore_reinit_error=True, logging_level="WARNING")
+    kwargs = dict(ignore_reinit_error=True, logging_level="WARNING")
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env_vars}, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # Ray Train's controller asks the state API about its actors; in a process without RAY_ADDRESS
+        # that API auto-detects the cluster and fails when a second Ray runs on this machine. Pin it
+        # to this cluster's dashboard, on a port chosen here so it is known before Ray starts.
+        port = free_port()
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_port=port,
+                 runtime_env={"env_vars": env_vars}, **kwargs)
     alive = sum(1 for n in ray.nodes() if n["Alive"])
     logging.getLogger("simhand").info("Ray cluster now: %d node(s), %s (an autoscaling cluster adds nodes "
                                       "for requests that do not fit)", alive, format_resources(ray.cluster_resources()))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def format_resources(res: dict) -> str:

@@ -115,8 +115,11 @@ def ray_cluster(s3_server):
     import ray
 
     dash_port = free_port()
+    # Ray Train's controller queries the state API, which would otherwise auto-detect the cluster and
+    # fail while a test's job runs a second local Ray (see jobs/_common.init_ray)
+    env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash_port}"}
     ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dash_port,
-                   ignore_reinit_error=True, logging_level="WARNING")
+                   runtime_env={"env_vars": env}, ignore_reinit_error=True, logging_level="WARNING")
     yield f"http://{ctx.dashboard_url}"
     ray.shutdown()
 

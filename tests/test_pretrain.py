@@ -334,3 +334,21 @@ def test_pretrain_job_on_s3_two_workers_with_failure_and_resubmission(ray_cluste
     state = torch.load(io.BytesIO(storage.read_bytes(storage.join(out, "trunk.pt"))), weights_only=True)
     missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+
+
+@pytest.mark.slow
+def test_pretrain_job_beside_another_local_ray(ray_cluster, local_pairs, tmp_path):
+    """A plain ``python jobs/pretrain.py`` starts its own Ray while another one (the session's) runs on this
+    machine. Ray Train's controller queries the state API, which auto-detects "the" cluster unless pinned,
+    and then fails with "Found multiple active Ray instances"; pinned, the run trains every step cleanly."""
+    out = str(tmp_path / "pretrain")
+    cmd = [sys.executable, "jobs/pretrain.py", "--pairs", local_pairs, "--output", out, "--method", "simclr",
+           "--arch", "resnet18", "--num-workers", "1", "--batch-size", "8", "--max-steps", "4", "--image-size", "64",
+           "--augment-batch-size", "8", "--num-cpus", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    assert "multiple active Ray instances" not in log, log[-3000:]
+    summary = storage.read_json(storage.join(out, "pretrain.json"))
+    assert summary["status"] == "done" and summary["step"] == 4
