@@ -75,6 +75,17 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def absolute(uri: str) -> str:
+    """A URI that means the same in any working directory: plain and file:// paths made absolute, s3://
+    unchanged, "" kept. For configs handed to Ray Train workers, which run in a directory of their own."""
+    uri = str(uri)
+    if not uri or is_s3(uri):
+        return uri
+    if uri.startswith("file://"):
+        return "file://" + os.path.abspath(os.path.expanduser(uri[len("file://"):]))
+    return resolve(uri)[1]
+
+
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI with '/' (works for s3:// and local paths)."""
     out = str(uri).rstrip("/")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -338,17 +339,22 @@ def test_pretrain_job_on_s3_two_workers_with_failure_and_resubmission(ray_cluste
 
 @pytest.mark.slow
 def test_pretrain_job_beside_another_local_ray(ray_cluster, local_pairs, tmp_path):
-    """A plain ``python jobs/pretrain.py`` starts its own Ray while another one (the session's) runs on this
-    machine. Ray Train's controller queries the state API, which auto-detects "the" cluster unless pinned,
-    and then fails with "Found multiple active Ray instances"; pinned, the run trains every step cleanly."""
-    out = str(tmp_path / "pretrain")
-    cmd = [sys.executable, "jobs/pretrain.py", "--pairs", local_pairs, "--output", out, "--method", "simclr",
-           "--arch", "resnet18", "--num-workers", "1", "--batch-size", "8", "--max-steps", "4", "--image-size", "64",
-           "--augment-batch-size", "8", "--num-cpus", "2"]
+    """A plain ``python jobs/pretrain.py`` with relative paths, started in another directory, starts its own
+    Ray while another one (the session's) runs on this machine.
+    - Ray Train's controller queries the state API, which auto-detects "the" cluster unless pinned, and then
+      fails with "Found multiple active Ray instances".
+    - Ray Train workers run in a directory of their own: relative paths must be made absolute first, or the
+      checkpoints and trunk.pt land there and the run ends "at step 0".
+    Both handled, the run trains every step cleanly and its outputs are where the user asked."""
+    shutil.copytree(local_pairs, tmp_path / "pairs")
+    cmd = [sys.executable, os.path.join(REPO, "jobs", "pretrain.py"), "--pairs", "pairs", "--output", "pretrain",
+           "--method", "simclr", "--arch", "resnet18", "--num-workers", "1", "--batch-size", "8", "--max-steps", "4",
+           "--image-size", "64", "--augment-batch-size", "8", "--num-cpus", "2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-3000:]
     assert "multiple active Ray instances" not in log, log[-3000:]
-    summary = storage.read_json(storage.join(out, "pretrain.json"))
+    summary = storage.read_json(str(tmp_path / "pretrain" / "pretrain.json"))
     assert summary["status"] == "done" and summary["step"] == 4
+    assert (tmp_path / "pretrain" / "trunk.pt").exists()

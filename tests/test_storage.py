@@ -53,3 +53,12 @@ def test_missing_bucket_is_a_clear_error(s3_server):
 def test_unsupported_scheme():
     with pytest.raises(storage.StorageError, match="unsupported URI scheme"):
         storage.resolve("gs://bucket/x")
+
+
+def test_absolute_makes_local_paths_independent_of_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("out/run") == str(tmp_path / "out" / "run")
+    assert storage.absolute("file://out/run") == "file://" + str(tmp_path / "out" / "run")
+    assert storage.absolute("/data/x") == "/data/x"
+    assert storage.absolute("s3://bucket/out") == "s3://bucket/out"
+    assert storage.absolute("") == ""

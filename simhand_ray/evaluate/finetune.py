@@ -19,7 +19,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -286,6 +286,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    cfg = replace(cfg, data_root=storage.absolute(cfg.data_root), output=storage.absolute(cfg.output),
+                  trunk=storage.absolute(cfg.trunk))     # Ray Train workers run in a directory of their own
     storage.check_writable(cfg.output)
     records = open_dataset(cfg.dataset, cfg.data_root, cfg.split, cfg.max_samples, train=True).records()
     plan = plan_steps(len(records), cfg)

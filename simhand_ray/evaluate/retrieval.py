@@ -121,6 +121,17 @@ def _resolve_arch(cfg: ProbeConfig) -> str:
     return "resnet50"
 
 
+def _line_style(name: str, colors) -> dict:
+    """Reference rows (oracle, chance, random init) in fixed styles; trunks each in their own colour."""
+    if name == "pose oracle":
+        return {"color": "black", "ls": "--"}
+    if name.startswith("chance"):
+        return {"color": "gray", "ls": ":"}
+    if name.startswith("random-init"):
+        return {"color": "tab:red", "ls": "-."}
+    return {"color": next(colors), "ls": "-"}
+
+
 def _write_outputs(cfg: ProbeConfig, rows: list[dict], dists: dict[str, np.ndarray]) -> None:
     cols = ["method", "weights", "queries", "mean", "median", "p90"]
     lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
@@ -134,9 +145,10 @@ def _write_outputs(cfg: ProbeConfig, rows: list[dict], dists: dict[str, np.ndarr
     ax1.barh(names, [r["mean"] for r in rows], color="tab:blue")
     ax1.invert_yaxis()
     ax1.set_xlabel("mean pose distance to the retrieved hand (lower = better)")
+    colors = iter(plt.get_cmap("tab20").colors)
     for name, d in dists.items():
         d = np.sort(d[np.isfinite(d)])
-        ax2.plot(d, np.arange(1, d.size + 1) / max(1, d.size), label=name)
+        ax2.plot(d, np.arange(1, d.size + 1) / max(1, d.size), label=name, **_line_style(name, colors))
     ax2.set_xlabel("pose distance")
     ax2.set_ylabel("fraction of queries")
     ax2.grid(alpha=0.3)

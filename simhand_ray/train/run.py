@@ -6,7 +6,7 @@ augmenting) and Ray Train workers (``loop.train_loop_per_worker``).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from simhand_ray import storage
 from simhand_ray.config import PretrainConfig, from_dict
@@ -38,7 +38,7 @@ class DatasetFactory:
 
 
 class IncompleteRunError(RuntimeError):
-    """Training ended before the step it was asked to reach (the data stream ran out)."""
+    """Training ended before the step it was asked to reach (a stream that ran out, a worker that wrote elsewhere)."""
 
 
 def target_step(cfg: PretrainConfig, plan: Plan) -> int:
@@ -51,8 +51,9 @@ def check_reached(cfg: PretrainConfig, plan: Plan, step: int) -> None:
     target = target_step(cfg, plan)
     if step < target:
         raise IncompleteRunError(
-            f"training ended at step {step} of {target}: the data stream ran out ({plan.num_rows} pairs, global "
-            f"batch {cfg.batch_size}, {plan.stream_epochs} stream epochs planned); no trunk was written")
+            f"training ended at step {step} of {target}: the last checkpoint in {cfg.output} is at step {step} "
+            f"({plan.num_rows} pairs, global batch {cfg.batch_size}, {plan.stream_epochs} stream epochs planned); "
+            "no trunk was written. See the workers' log above for why they stopped.")
 
 
 def plan_run(cfg: PretrainConfig, num_rows: int) -> Plan:
@@ -70,6 +71,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    # Ray Train workers run in a directory of their own: relative paths would land there
+    cfg = replace(cfg, pairs=storage.absolute(cfg.pairs), output=storage.absolute(cfg.output))
     storage.check_readable(cfg.pairs)
     storage.check_writable(cfg.output)
     previous = checkpoint.read_position(cfg.output)
