@@ -7,7 +7,9 @@ Targets (issue 3): Ray Data >= 0.9x the plain loop on 1 worker, >= 1.7x on 2. Ra
 side in one run; on a 2-core machine the 2-worker run has no core left for the driver, so it is the
 harder case. Ray pays a few seconds once per run (planning tasks, actor start, model load): the default
 64 videos (~2 min per path) measure the per-frame rate a long job sees; with --copies 8 those fixed
-seconds are a fifth of the run and the ratios drop (0.83x / 1.20x measured here).
+seconds are a fifth of the run and the ratios drop (0.83x / 1.20x measured here). "plain x2 procs" runs
+two plain loops in parallel, each pinned to its own core: the most two cores give on this machine, so
+Ray Data x2 is also reported against it.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from simhand_ray.config import LabelConfig  # noqa: E402
 from simhand_ray.mining.frames import DecodeStats, Segment, decode_segment, probe_video  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PATHS = {"plain_loop": "plain loop", "plain_2_processes": "plain x2 procs", "ray_1_workers": "Ray Data x1",
+         "ray_2_workers": "Ray Data x2"}
 
 
 def make_inputs(root: str, copies: int) -> str:
@@ -64,6 +68,42 @@ def plain_loop(cfg: LabelConfig) -> dict:
         return {"frames": frames, "seconds": seconds}
     finally:
         os.sched_setaffinity(0, cores)
+
+
+def _plain_worker(core: int, items: list[dict], cfg_dict: dict, results) -> None:
+    from simhand_ray.config import from_dict
+    from simhand_ray.mining.labelers import build_labeler
+    from simhand_ray.mining.pipeline import process_work_item
+
+    os.sched_setaffinity(0, {core})
+    cfg = from_dict(LabelConfig, cfg_dict)
+    labeler = build_labeler(cfg.labeler)
+    results.put(sum(process_work_item(item, cfg, labeler)["frames_kept"] for item in items))
+    getattr(labeler, "close", lambda: None)()
+
+
+def plain_processes(cfg: LabelConfig, n: int) -> dict:
+    """The ceiling for n workers on this machine: n plain processes, each pinned to its own core, each
+    with every n-th work item; no Ray. What n cores deliver here bounds any n-worker system."""
+    import multiprocessing as mp
+    from dataclasses import asdict
+
+    from simhand_ray.mining.inputs import expand_inputs
+    from simhand_ray.mining.pipeline import plan_video
+
+    cores = sorted(os.sched_getaffinity(0))
+    t0 = time.time()
+    items = [item for f in expand_inputs(cfg.inputs) for item in plan_video(f, cfg)]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_plain_worker, args=(cores[i % len(cores)], items[i::n], asdict(cfg), results))
+             for i in range(n)]
+    for proc in procs:
+        proc.start()
+    frames = sum(results.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    return {"frames": frames, "seconds": time.time() - t0}
 
 
 def ray_stage(cfg: LabelConfig) -> dict:
@@ -104,22 +144,25 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", include_dashboard=False)
     res = {"cpus": os.cpu_count(), "videos": len(os.listdir(videos)), "every_n": a.every_n}
     res["plain_loop"] = plain_loop(LabelConfig(output=os.path.join(tmp, "plain"), **base))
+    res["plain_2_processes"] = plain_processes(LabelConfig(output=os.path.join(tmp, "plain2"), **base), 2)
     for n in (1, 2):
         res[f"ray_{n}_workers"] = ray_stage(LabelConfig(output=os.path.join(tmp, f"ray{n}"), num_workers=n, **base))
     ray.shutdown()
-    for k in ("plain_loop", "ray_1_workers", "ray_2_workers"):
+    for k in PATHS:
         res[k]["frames_per_s"] = res[k]["frames"] / res[k]["seconds"]
     for n in (1, 2):
         res[f"ray_{n}_vs_plain"] = res[f"ray_{n}_workers"]["frames_per_s"] / res["plain_loop"]["frames_per_s"]
+    res["ray_2_vs_plain_2_processes"] = res["ray_2_workers"]["frames_per_s"] / res["plain_2_processes"]["frames_per_s"]
     res["decode"] = decode_modes(videos, 30)
     shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nlabel stage, {res['videos']} videos, 1 frame in {a.every_n}, {res['cpus']} CPUs")
     print(f"{'path':<16}{'frames':>8}{'seconds':>10}{'frames/s':>10}{'vs plain':>10}")
-    for k, label in (("plain_loop", "plain loop"), ("ray_1_workers", "Ray Data x1"), ("ray_2_workers", "Ray Data x2")):
+    for k, label in PATHS.items():
         r = res[k]
         ratio = r["frames_per_s"] / res["plain_loop"]["frames_per_s"]
         print(f"{label:<16}{r['frames']:>8}{r['seconds']:>10.1f}{r['frames_per_s']:>10.2f}{ratio:>9.2f}x")
+    print(f"Ray Data x2 / two plain processes (the 2-core ceiling here): {res['ray_2_vs_plain_2_processes']:.2f}")
     d = res["decode"]
     print(f"\ndecode, 1 frame in 30: all = {d['all']['ms_per_kept_frame']:.2f} ms/kept frame ({d['all']['kept']} kept), "
           f"keyframes = {d['keyframes']['ms_per_kept_frame']:.2f} ms/kept frame ({d['keyframes']['kept']} kept): "

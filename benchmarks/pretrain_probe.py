@@ -12,7 +12,7 @@ Steps (each a job in its own local Ray, as a user would run them; every step res
   4. pretrain.py once per method and seed, all with the same steps, batch and image size;
   5. evaluate.py --probe retrieval on the held-out hands: random init, every trunk, pose oracle, chance.
 Prints the table (mean pose distance to the retrieved hand of another video; lower is better) and
-writes OUT/pretrain_probe.json and OUT/pretrain_probe.md.
+writes OUT/pretrain_probe.json, OUT/pretrain_probe.md and OUT/report.md (jobs/evaluate.py --report).
 """
 from __future__ import annotations
 
@@ -185,7 +185,9 @@ def main() -> None:
     md = format_markdown(res)
     with open(os.path.join(a.out, "pretrain_probe.md"), "w") as f:
         f.write(md)
-    print("\n" + md + f"\nwritten: {a.out}/pretrain_probe.md, {res['probe_plot']} ({res['seconds']:.0f} s)")
+    job(["jobs/evaluate.py", "--report", a.out], log)      # report.md: the probe, its plot, the loss curves
+    print("\n" + md + f"\nwritten: {a.out}/pretrain_probe.md, {a.out}/report.md, {res['probe_plot']} "
+          f"({res['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -86,11 +86,11 @@ def graph_config(a: argparse.Namespace) -> GraphConfig:
 
 def log_label_requests(cfg: LabelConfig) -> None:
     """The resource shapes the label stage asks Ray for (an autoscaling cluster launches nodes to fit them)."""
-    from simhand_ray.mining.pipeline import PLAN_TASK_CPUS, VIDEOS_PER_PLAN_TASK
+    from simhand_ray.mining.pipeline import INLINE_PLAN_MAX_VIDEOS, PLAN_TASK_CPUS, VIDEOS_PER_PLAN_TASK
 
     lab = cfg.labeler
-    log.info("label stage requests: planning tasks {CPU: %s} (one per %d videos), then %s labeler actors, "
-             "each {CPU: %s, GPU: %s}", PLAN_TASK_CPUS, VIDEOS_PER_PLAN_TASK,
+    log.info("label stage requests: planning tasks {CPU: %s} (one per %d videos, beyond %d videos), then %s "
+             "labeler actors, each {CPU: %s, GPU: %s}", PLAN_TASK_CPUS, VIDEOS_PER_PLAN_TASK, INLINE_PLAN_MAX_VIDEOS,
              cfg.num_workers or "cluster-sized (--num-workers 0)", lab.cpus_per_labeler, lab.gpus_per_labeler)
 
 

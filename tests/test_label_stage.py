@@ -32,9 +32,15 @@ def sample_dir(tmp_path_factory):
     return d
 
 
-def test_local_and_s3_outputs_hold_the_same_hands(ray_cluster, sample_dir, tmp_path, s3_bucket):
+def test_local_and_s3_outputs_hold_the_same_hands(ray_cluster, sample_dir, tmp_path, s3_bucket, monkeypatch):
+    """Local output with videos planned in driver threads; S3 output with them planned in Ray tasks (as
+    for a large input): the same hands."""
+    from simhand_ray.mining import pipeline
+
     local = run_stage([sample_dir], tmp_path / "out", segment_frames=100)
+    monkeypatch.setattr(pipeline, "INLINE_PLAN_MAX_VIDEOS", 0)
     remote = run_stage([sample_dir], f"{s3_bucket}/out", segment_frames=100)
+    monkeypatch.undo()
     ids = hand_ids(tmp_path / "out")
     assert ids == hand_ids(f"{s3_bucket}/out")
     assert any(i.startswith("sample") and ":handSrc:" in i for i in ids)

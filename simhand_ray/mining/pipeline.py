@@ -2,9 +2,10 @@
 
 Data flow:
   1. driver: expand ``--input`` into files (listing only);
-  2. Ray tasks: probe each video and split it at keyframes into segments; images are grouped into chunks;
-     unreadable inputs become reject items. Gathered on the driver (the rows are tiny), which frees every
-     CPU for step 3 and gives the progress bar its total;
+  2. probe each video and split it at keyframes into segments (Ray tasks; up to ``INLINE_PLAN_MAX_VIDEOS``
+     videos in driver threads instead, as a task's worker start costs more than probing them); images are
+     grouped into chunks; unreadable inputs become reject items. Gathered on the driver (the rows are tiny),
+     which frees every CPU for step 3 and gives the progress bar its total;
   3. labeler actors (``map_batches``, one work item per call): decode the segment (1 frame in N, in a
      prefetch thread so decoding overlaps labeling), label, filter, crop, and commit the item.
 
@@ -22,6 +23,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Iterable, Iterator
 
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "label_manifest.json"
 PLAN_TASK_CPUS = 0.5        # a planning task probes + splits videos: mostly I/O
 VIDEOS_PER_PLAN_TASK = 16
+INLINE_PLAN_MAX_VIDEOS = 256  # fewer are probed in driver threads (~2 ms a local file; a task's start ~1 s)
+INLINE_PLAN_THREADS = 8
 
 
 def _digest(*parts) -> str:
@@ -80,6 +84,27 @@ def plan_videos(files: list[dict], cfg_dict: dict) -> list[dict]:
     """A chunk of videos -> their work items (runs as a Ray task: probing opens every file)."""
     cfg = from_dict(LabelConfig, cfg_dict)
     return [item for f in files for item in plan_video(InputFile(**f), cfg)]
+
+
+def plan_all_videos(videos: list[InputFile], cfg: LabelConfig) -> list[dict]:
+    """Every video's work items: in driver threads for a few videos, else in parallel Ray tasks."""
+    import ray
+
+    t0 = time.time()
+    if len(videos) <= INLINE_PLAN_MAX_VIDEOS:
+        with ThreadPoolExecutor(INLINE_PLAN_THREADS) as pool:   # probing is I/O: opening, demuxing
+            parts = list(pool.map(lambda f: plan_video(f, cfg), videos))
+        where = "driver threads"
+    else:
+        plan = ray.remote(num_cpus=PLAN_TASK_CPUS)(plan_videos)
+        per = VIDEOS_PER_PLAN_TASK
+        chunks = [[asdict(f) for f in videos[i:i + per]] for i in range(0, len(videos), per)]
+        log.info("label: %d planning tasks, each {CPU: %s}", len(chunks), PLAN_TASK_CPUS)
+        parts = ray.get([plan.remote(c, asdict(cfg)) for c in chunks])
+        where = f"{len(chunks)} Ray tasks"
+    if videos:
+        log.info("label: planned %d videos in %.1f s (%s)", len(videos), time.time() - t0, where)
+    return [it for part in parts for it in part]
 
 
 # --- step 3: one work item -----------------------------------------------------------------------------
@@ -261,15 +286,8 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
     log.info("label: %d videos, %d images from %d inputs -> %s", len(videos), len(images), len(cfg.inputs), cfg.output)
 
     cfg_dict = asdict(cfg)
-    items: list[dict] = []
-    if videos:  # probe + split in parallel Ray tasks, a chunk of videos each
-        plan = ray.remote(num_cpus=PLAN_TASK_CPUS)(plan_videos)
-        per = VIDEOS_PER_PLAN_TASK
-        chunks = [[asdict(f) for f in videos[i:i + per]] for i in range(0, len(videos), per)]
-        log.info("label: %d planning tasks, each {CPU: %s}", len(chunks), PLAN_TASK_CPUS)
-        items += [{"work_id": it["work_id"], "payload": json.dumps(it)}
-                  for part in ray.get([plan.remote(c, cfg_dict) for c in chunks]) for it in part]
-    items += [{"work_id": it["work_id"], "payload": json.dumps(it)} for it in plan_images(images, cfg.images_per_item)]
+    items = [{"work_id": it["work_id"], "payload": json.dumps(it)}
+             for it in plan_all_videos(videos, cfg) + plan_images(images, cfg.images_per_item)]
     done = done_work_ids(cfg.output)
     todo = [it for it in items if it["work_id"] not in done]
     log.info("label: %d work items, %d already done, %d to run", len(items), len(items) - len(todo), len(todo))
