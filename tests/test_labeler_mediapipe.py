@@ -51,3 +51,21 @@ def test_mirrored_left_hand_crop_keypoints_land_where_the_labels_put_them(labele
     # and without the mirror the keypoints would be far off (the check can fail)
     _, unmirrored = mirror(crop.image, crop.keypoints)
     assert np.linalg.norm(relabeled.keypoints - unmirrored, axis=1).mean() > 3 * err
+
+
+def test_a_process_that_exits_with_a_labeler_open_prints_no_trace():
+    """A labeler actor (or script) that never closes its labeler: exit is quiet, not a MediaPipe traceback."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = ("import numpy as np\n"
+           "from simhand_ray.config import LabelerConfig\n"
+           "from simhand_ray.mining.labelers import build_labeler\n"
+           "lab = build_labeler(LabelerConfig())\n"
+           "print(len(lab.label([np.zeros((64, 64, 3), np.uint8)])))\n")
+    r = subprocess.run([sys.executable, "-c", src], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
+    assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import tempfile
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -54,8 +55,11 @@ class MediaPipeLabeler:
             min_hand_detection_confidence=cfg.mediapipe_min_detection_confidence,
             min_hand_presence_confidence=cfg.mediapipe_min_detection_confidence)
         self._landmarker = vision.HandLandmarker.create_from_options(options)
-        # close while the interpreter is intact (mediapipe's own __del__ fails at shutdown)
-        atexit.register(self.close)
+        # Close before mediapipe's dispatch executor shuts down at exit, or its own __del__ prints a trace
+        # ("cannot schedule new futures after shutdown"). That executor stops in threading's exit hooks,
+        # which run before atexit's; concurrent.futures stops its pools there through this same hook, and
+        # later registrations run first. Fall back to atexit where a Python lacks it.
+        getattr(threading, "_register_atexit", atexit.register)(self.close)
 
     def label(self, frames: Sequence[np.ndarray], refs: Sequence[FrameRef] = ()) -> list[list[DetectedHand]]:
         return [self.label_one(f) for f in frames]
