@@ -1,6 +1,6 @@
 """Give a labeler actor cores of its own. Ray reserves CPUs for an actor but does not pin them, so a
 labeler's threads (decode, model, the hand-offs between them) wander across cores; pinned, two labelers on
-two cores ran the label benchmark 8-21% faster (benchmarks/label_throughput.py, its "unpinned" row)."""
+two cores ran the label benchmark 8-14% faster (benchmarks/label_throughput.py, its "unpinned" row)."""
 from __future__ import annotations
 
 import fcntl
