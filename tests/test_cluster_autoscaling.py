@@ -192,9 +192,12 @@ def two_videos(tmp_path_factory):
     return d
 
 
-# 9 work items (segments between keyframes >= 30 frames apart), 180 kept frames: enough for 2 labeler actors
-# to be busy for a while, so a node killed after the first commit dies with work in flight.
-LABEL_ARGS = ["--stage", "label", "--num-workers", "2", "--every-n", "3", "--segment-frames", "30"]
+# 9 work items (segments between keyframes >= 30 frames apart), every frame kept (~540): enough for 2 labeler
+# actors to be busy for a while, so a node killed after the first commit dies with work in flight, and the
+# surviving labeler is still busy when the replacement node comes up (~8 s after the kill here; with 1 frame
+# in 3 it finished the job alone first, and no replacement was asked for).
+EVERY_N, SEGMENT_FRAMES = 1, 30
+LABEL_ARGS = ["--stage", "label", "--num-workers", "2", "--every-n", str(EVERY_N), "--segment-frames", str(SEGMENT_FRAMES)]
 N_ITEMS = 4 + 5
 
 
@@ -207,7 +210,8 @@ def single_node_hands(ray_cluster, two_videos, tmp_path_factory):
         if not cache:
             from simhand_ray.mining.pipeline import run_label_stage
             out = tmp_path_factory.mktemp("single_node") / "out"
-            run_label_stage(LabelConfig(inputs=(str(two_videos),), output=str(out), every_n=3, segment_frames=30),
+            run_label_stage(LabelConfig(inputs=(str(two_videos),), output=str(out), every_n=EVERY_N,
+                                        segment_frames=SEGMENT_FRAMES),
                             progress=False)
             cache["ids"] = hand_ids(out)
         return cache["ids"]
