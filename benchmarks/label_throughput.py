@@ -5,8 +5,8 @@ items (same decode + label + crop + write code), and keyframe-only vs decode-all
 
 Targets (issue 3): Ray Data >= 0.9x the plain loop on 1 worker, >= 1.7x on 2. Ratios are measured side by
 side in one run; on a 2-core machine the 2-worker run has no core left for the driver, so it is the
-harder case. Ray pays a few seconds once per run (planning tasks, actor start, model load): the default
-64 videos (~2 min per path) measure the per-frame rate a long job sees; with --copies 8 those fixed
+harder case. Ray pays a few seconds once per run (a worker process per actor, imports, model load): the
+default 64 videos (~2 min per path) measure the per-frame rate a long job sees; with --copies 8 those fixed
 seconds are a fifth of the run and the ratios drop (0.83x / 1.20x measured here). "plain x2 procs" runs
 two plain loops in parallel, each pinned to its own core: the most two cores give on this machine, so
 Ray Data x2 is also reported against it. Labeler actors take cores of their own (--pin-cores, the
