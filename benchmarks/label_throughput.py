@@ -14,16 +14,23 @@ default); "Ray x2 unpinned" is the same run without, to show what that buys. Thi
 VM: even the ceiling moved between 1.73x and 1.93x from run to run, so --repeats runs every path in
 rounds and reports the fastest of each. "once started" is the rate after each path's first work item
 is committed (start-up excluded): what a long job sees; the targets are on the end-to-end figures.
+For the Ray paths, "CPU" splits the machine's CPU time during the run by process (from /proc): the
+labeler actors, the driver, Ray Data's helper actors, Ray's own daemons and anything else on the machine,
+with the labelers' CPU per frame beside the plain loop's (the same code: a gap there is in the labeler,
+not in Ray's scheduling).
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 
 import pyarrow.parquet as pq
 
@@ -52,6 +59,63 @@ def make_inputs(root: str, copies: int) -> str:
     return d
 
 
+RAY_DATA_HELPERS = ("_StatsActor", "_AutoscalingCoordinatorActor", "ActorLocationTracker")
+
+
+def _process_cpu() -> dict[int, tuple[str, float]]:
+    """pid -> (what it is, CPU seconds so far) for every process on the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            with open(d + "/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(d + "/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:          # gone meanwhile
+            continue
+        pid = int(d[6:])
+        if pid == os.getpid():
+            kind = "driver"
+        elif "LabelWorker" in cmd:
+            kind = "labelers"
+        elif any(h in cmd for h in RAY_DATA_HELPERS):
+            kind = "Ray Data helpers"
+        elif "ray::" in cmd or "/ray/" in cmd:
+            kind = "Ray daemons"
+        else:
+            kind = "other"
+        out[pid] = (kind, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+class CpuMeter:
+    """CPU seconds by kind of process while a run lasts, sampled every ``interval`` s from /proc (a labeler
+    actor exits with the run, so its last sample stands for it: its final ``interval`` can go uncounted)."""
+
+    def __init__(self, interval: float = 2.0):
+        self.interval, self.before, self.last = interval, _process_cpu(), {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while True:
+            self.last.update(_process_cpu())
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self.last.update(_process_cpu())
+        used: Counter = Counter()
+        for pid, (kind, cpu) in self.last.items():
+            old = self.before.get(pid)
+            used[kind] += cpu - (old[1] if old and old[0] == kind else 0.0)
+        return {k: round(v, 2) for k, v in used.items()}
+
+
 def plain_loop(cfg: LabelConfig) -> dict:
     """The same work items, processed one after another in this process, no Ray, on one core: a Ray
     labeler actor holds one CPU (Ray sets OMP_NUM_THREADS=1 there), so the loop gets one core too, or
@@ -63,15 +127,16 @@ def plain_loop(cfg: LabelConfig) -> dict:
     cores = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cores)})
     try:
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         labeler = build_labeler(cfg.labeler)
         frames = 0
         for f in expand_inputs(cfg.inputs):
             for item in plan_video(f, cfg):
                 frames += process_work_item(item, cfg, labeler)["frames_kept"]
         seconds = time.time() - t0
+        cpu = time.process_time() - c0
         getattr(labeler, "close", lambda: None)()   # mediapipe cannot close itself at interpreter exit
-        return {"frames": frames, "seconds": seconds}
+        return {"frames": frames, "seconds": seconds, "cpu": {"labelers": round(cpu, 2)}}
     finally:
         os.sched_setaffinity(0, cores)
 
@@ -115,8 +180,9 @@ def plain_processes(cfg: LabelConfig, n: int) -> dict:
 def ray_stage(cfg: LabelConfig) -> dict:
     from simhand_ray.mining.pipeline import run_label_stage
 
+    meter = CpuMeter()
     s = run_label_stage(cfg, progress=False)
-    return {"frames": s["frames_kept"], "seconds": s["seconds"]}
+    return {"frames": s["frames_kept"], "seconds": s["seconds"], "cpu": meter.stop()}
 
 
 def decode_modes(videos: str, every_n: int) -> dict:
@@ -142,6 +208,19 @@ def steady_frames_per_s(output: str) -> float:
     done = sorted((os.path.getmtime(os.path.join(seg, f)), pq.read_table(os.path.join(seg, f))["frames_kept"][0].as_py())
                   for f in os.listdir(seg) if f.endswith(".parquet"))
     return sum(n for _, n in done[1:]) / max(done[-1][0] - done[0][0], 1e-9)
+
+
+def print_cpu(res: dict) -> None:
+    """Where the machine's CPU time went in each path that measured it, as shares of cpus x seconds."""
+    kinds = ("labelers", "driver", "Ray Data helpers", "Ray daemons", "other")
+    print(f"\nCPU during each run, % of {res['cpus']} cores x its seconds; labelers' CPU per frame")
+    print(f"{'path':<16}" + "".join(f"{k:>{len(k) + 3}}" for k in kinds) + f"{'ms/frame':>10}")
+    for k, label in PATHS.items():
+        cpu = res[k].get("cpu")
+        if cpu:
+            total = res["cpus"] * res[k]["seconds"]
+            print(f"{label:<16}" + "".join(f"{100 * cpu.get(c, 0) / total:>{len(c) + 2}.1f}%" for c in kinds)
+                  + f"{1e3 * cpu['labelers'] / res[k]['frames']:>10.1f}")
 
 
 def main() -> None:
@@ -192,6 +271,7 @@ def main() -> None:
         print(f"{label:<16}{r['frames']:>8}{r['seconds']:>10.1f}{r['frames_per_s']:>10.2f}{ratio:>9.2f}x"
               f"{r['steady_frames_per_s']:>19.2f}{steady:>9.2f}x")
     print(f"Ray Data x2 / two plain processes (the 2-core ceiling here): {res['ray_2_vs_plain_2_processes']:.2f}")
+    print_cpu(res)
     d = res["decode"]
     print(f"\ndecode, 1 frame in 30: all = {d['all']['ms_per_kept_frame']:.2f} ms/kept frame ({d['all']['kept']} kept), "
           f"keyframes = {d['keyframes']['ms_per_kept_frame']:.2f} ms/kept frame ({d['keyframes']['kept']} kept): "
