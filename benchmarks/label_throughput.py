@@ -14,10 +14,9 @@ default); "Ray x2 unpinned" is the same run without, to show what that buys. Thi
 VM: even the ceiling moved between 1.73x and 1.93x from run to run, so --repeats runs every path in
 rounds and reports the fastest of each. "once started" is the rate after each path's first work item
 is committed (start-up excluded): what a long job sees; the targets are on the end-to-end figures.
-For the Ray paths, "CPU" splits the machine's CPU time during the run by process (from /proc): the
-labeler actors, the driver, Ray Data's helper actors, Ray's own daemons and anything else on the machine,
-with the labelers' CPU per frame beside the plain loop's (the same code: a gap there is in the labeler,
-not in Ray's scheduling).
+The second table splits the machine's CPU time during each Ray run by process (from /proc): labeler
+actors, driver, Ray Data's helper actors, Ray's own daemons, anything else; and gives the labelers' CPU
+per frame beside the plain paths' (the same code: a gap there is in the labelers, e.g. their start-up).
 """
 from __future__ import annotations
 
@@ -99,20 +98,25 @@ class CpuMeter:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
+    def _update(self) -> None:
+        for pid, (kind, cpu) in _process_cpu().items():
+            known = self.last.get(pid, self.before.get(pid, (kind, 0.0)))[0]
+            # an exiting process's cmdline reads empty: it stays what it was (a labeler, say)
+            self.last[pid] = (known if kind == "other" else kind, cpu)
+
     def _sample(self) -> None:
         while True:
-            self.last.update(_process_cpu())
+            self._update()
             if self._stop.wait(self.interval):
                 return
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
         self._thread.join()
-        self.last.update(_process_cpu())
+        self._update()
         used: Counter = Counter()
-        for pid, (kind, cpu) in self.last.items():
-            old = self.before.get(pid)
-            used[kind] += cpu - (old[1] if old and old[0] == kind else 0.0)
+        for pid, (kind, cpu) in self.last.items():   # only what each process used during the run
+            used[kind] += cpu - self.before.get(pid, (kind, 0.0))[1]
         return {k: round(v, 2) for k, v in used.items()}
 
 
@@ -162,8 +166,10 @@ def plain_processes(cfg: LabelConfig, n: int) -> dict:
     from simhand_ray.mining.inputs import expand_inputs
     from simhand_ray.mining.pipeline import plan_video
 
+    import resource
+
     cores = sorted(os.sched_getaffinity(0))
-    t0 = time.time()
+    t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     items = [item for f in expand_inputs(cfg.inputs) for item in plan_video(f, cfg)]
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -174,7 +180,9 @@ def plain_processes(cfg: LabelConfig, n: int) -> dict:
     frames = sum(results.get() for _ in procs)
     for proc in procs:
         proc.join()
-    return {"frames": frames, "seconds": time.time() - t0}
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)   # the workers' CPU, once they are joined
+    cpu = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
+    return {"frames": frames, "seconds": time.time() - t0, "cpu": {"labelers": round(cpu, 2)}}
 
 
 def ray_stage(cfg: LabelConfig) -> dict:
