@@ -24,6 +24,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -165,8 +166,6 @@ def plain_processes(cfg: LabelConfig, n: int) -> dict:
 
     from simhand_ray.mining.inputs import expand_inputs
     from simhand_ray.mining.pipeline import plan_video
-
-    import resource
 
     cores = sorted(os.sched_getaffinity(0))
     t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
