@@ -11,7 +11,7 @@ seconds are a fifth of the run and the ratios drop (0.83x / 1.20x measured here)
 two plain loops in parallel, each pinned to its own core: the most two cores give on this machine, so
 Ray Data x2 is also reported against it. Labeler actors take cores of their own (--pin-cores, the
 default); "Ray x2 unpinned" is the same run without, to show what that buys. This machine is a shared
-VM: even the ceiling moved between 1.73x and 1.93x from run to run, so --repeats runs every path in
+VM: even the ceiling moved between 1.73x and 1.95x from run to run, so --repeats runs every path in
 rounds and reports the fastest of each. "once started" is the rate after each path's first work item
 is committed (start-up excluded): what a long job sees; the targets are on the end-to-end figures.
 The second table splits the machine's CPU time during each Ray run by process (from /proc): labeler
