@@ -1,7 +1,10 @@
-"""Shared by the job entry points: Ray start-up (local or an existing cluster) and logging."""
+"""Shared by the job entry points: Ray start-up (local or an existing cluster), logging and CLI parsing."""
 from __future__ import annotations
 
+import argparse
+import copy
 import logging
+import math
 import os
 import socket
 import sys
@@ -9,6 +12,58 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from simhand_ray.config import Bounds  # noqa: E402  (needs the repo on sys.path)
+
+
+class NumberArg:
+    """argparse ``type=``: a number of ``kind`` within ``bounds``; a bad value exits 2 with
+    "argument --every-n: must be >= 1, got 0"."""
+
+    def __init__(self, kind: type, bounds: Bounds):
+        self.kind, self.bounds = kind, bounds
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if self.kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if msg := self.bounds.error(value):
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    def __repr__(self) -> str:
+        return f"{self.kind.__name__} {self.bounds}"
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> NumberArg:
+    """``type=`` of an integer option in [lo, hi] (an end that is None is unbounded)."""
+    return NumberArg(int, Bounds(lo, hi))
+
+
+def float_range(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> NumberArg:
+    """``type=`` of a float option in [lo, hi], or (lo, hi] with ``lo_open``."""
+    return NumberArg(float, Bounds(lo, hi, lo_open))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The jobs' --help: the module docstring as written, and after each option its range and default
+    ("(>= 1; default: 30)", as ArgumentDefaultsHelpFormatter would, but also for options without help and
+    without None, False and empty defaults)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        notes = [str(action.type.bounds)] if isinstance(action.type, NumberArg) else []
+        help, default = action.help or "", action.default
+        quiet = default is None or default is False or default is argparse.SUPPRESS or default in ("", [], ())
+        if action.option_strings and not quiet and "%(default)" not in help:
+            notes.append("default: %(default)s")
+        if notes:
+            action = copy.copy(action)
+            action.help = f"{help} ({'; '.join(notes)})".lstrip()
+        return super()._format_action(action)
 
 
 def setup_logging() -> None:

@@ -16,7 +16,7 @@ import json
 import logging
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import init_ray, setup_logging
+from _common import HelpFormatter, init_ray, int_range, setup_logging
 
 from simhand_ray.evaluate.datasets import DATASETS
 from simhand_ray.evaluate.metrics import AUC_STEPS
@@ -25,30 +25,30 @@ log = logging.getLogger("simhand.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--probe", choices=("retrieval",), help="run a probe instead of the pose metrics")
     p.add_argument("--report", metavar="RUN", help="write RUN/report.md from the tables and plots under RUN")
     p.add_argument("--output", help="output directory or s3:// prefix (report: the report file, default RUN/report.md)")
-    p.add_argument("--num-workers", type=int, default=1, help="model actors (Ray Data concurrency)")
+    p.add_argument("--num-workers", type=int_range(1), default=1, help="model actors (Ray Data concurrency)")
     p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (ignored on a cluster)")
+    p.add_argument("--batch-size", type=int_range(1), default=64)
+    p.add_argument("--num-cpus", type=int_range(1), default=None, help="CPUs of a local Ray (ignored on a cluster)")
     g = p.add_argument_group("pose metrics")
     g.add_argument("--dataset", choices=tuple(DATASETS), default="freihand")
     g.add_argument("--data-root")
     g.add_argument("--split", default="", help="default: FreiHAND evaluation, DexYCB s1 test, AssemblyHands test")
     g.add_argument("--model", help="fine-tuning output directory (model.pt) or a .pt file")
-    g.add_argument("--max-samples", type=int, default=0)
-    g.add_argument("--auc-steps", type=int, default=AUC_STEPS, help="PCK thresholds in 0-50 mm (FreiHAND: 100)")
+    g.add_argument("--max-samples", type=int_range(0), default=0, help="evaluate only the first N records (0 = all)")
+    g.add_argument("--auc-steps", type=int_range(2), default=AUC_STEPS, help="PCK thresholds in 0-50 mm (FreiHAND: 100)")
     g.add_argument("--no-reflection", action="store_true", help="Procrustes without reflections (FreiHAND allows them)")
     g = p.add_argument_group("retrieval probe")
     g.add_argument("--hands", help="held-out mined hands (schema.HANDS Parquet)")
     g.add_argument("--trunk", action="append", default=[], help="[label=]weights; repeatable")
     g.add_argument("--no-random-init", action="store_true", help="leave out the random-init row")
     g.add_argument("--arch", default="auto", help="architecture of the random-init row (auto: the first trunk's)")
-    g.add_argument("--input-size", type=int, default=128)
-    g.add_argument("--max-hands", type=int, default=5000, help="random subsample of the hands (0 = all)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--input-size", type=int_range(32), default=128, help="crop side in pixels")
+    g.add_argument("--max-hands", type=int_range(0), default=5000, help="random subsample of the hands (0 = all)")
+    g.add_argument("--seed", type=int_range(0), default=0)
     return p
 
 

@@ -10,7 +10,7 @@ import json
 import logging
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import init_ray, setup_logging
+from _common import HelpFormatter, float_range, init_ray, int_range, setup_logging
 
 from simhand_ray.config import CropConfig, FilterConfig, LabelConfig, LabelerConfig
 from simhand_ray.config import GraphConfig
@@ -25,17 +25,18 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input", action="append", default=[],
                    help="directory or s3:// prefix (scanned for videos/images), or a manifest (.txt/.csv/.parquet); repeatable")
     g.add_argument("--source", default=d.source, help="source name for inputs whose manifest gives none")
-    g.add_argument("--every-n", type=int, default=d.every_n, help="keep 1 frame in N (display order)")
+    g.add_argument("--every-n", type=int_range(1), default=d.every_n, help="keep 1 frame in N (display order)")
     g.add_argument("--decode-mode", choices=("all", "keyframes"), default=d.decode_mode,
                    help="all: decode every frame and keep 1 in N; keyframes: decode keyframes only (fast, irregular)")
-    g.add_argument("--segment-frames", type=int, default=d.segment_frames, help="split long videos into segments of this many frames")
-    g.add_argument("--max-frames-per-video", type=int, default=d.max_frames_per_video, help="0 = all")
-    g.add_argument("--num-workers", type=int, default=d.num_workers, help="labeler actors (0 = fit the cluster)")
+    g.add_argument("--segment-frames", type=int_range(1), default=d.segment_frames, help="split long videos into segments of this many frames")
+    g.add_argument("--max-frames-per-video", type=int_range(0), default=d.max_frames_per_video, help="0 = all")
+    g.add_argument("--num-workers", type=int_range(0), default=d.num_workers, help="labeler actors (0 = fit the cluster)")
     g.add_argument("--labeler", choices=("mediapipe", "openmmlab", "groundtruth"), default=lab.backend)
-    g.add_argument("--max-hands", type=int, default=lab.max_hands)
-    g.add_argument("--labeler-batch-size", type=int, default=lab.batch_size)
-    g.add_argument("--gpus-per-labeler", type=float, default=lab.gpus_per_labeler)
-    g.add_argument("--cpus-per-labeler", type=float, default=lab.cpus_per_labeler)
+    g.add_argument("--max-hands", type=int_range(1), default=lab.max_hands, help="per frame")
+    g.add_argument("--labeler-batch-size", type=int_range(1), default=lab.batch_size,
+                   help="frames per labeler call (up to twice this many are decoded ahead)")
+    g.add_argument("--gpus-per-labeler", type=float_range(0), default=lab.gpus_per_labeler)
+    g.add_argument("--cpus-per-labeler", type=float_range(0, lo_open=True), default=lab.cpus_per_labeler)
     g.add_argument("--pin-cores", action=argparse.BooleanOptionalAction, default=lab.pin_cores,
                    help="each labeler actor takes whole cores of its own on its node (Linux)")
     g.add_argument("--det-config", default=lab.det_config)
@@ -43,10 +44,13 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pose-config", default=lab.pose_config)
     g.add_argument("--pose-checkpoint", default=lab.pose_checkpoint, help="RTMPose hand checkpoint: path or s3://")
     g.add_argument("--groundtruth-labels", default=lab.groundtruth_labels, help="sidecar labels of synthetic videos")
-    g.add_argument("--min-det-score", type=float, default=f.min_det_score)
-    g.add_argument("--min-keypoint-score", type=float, default=f.min_keypoint_score)
-    g.add_argument("--min-box-side", type=float, default=f.min_box_side)
-    g.add_argument("--min-keypoints-inside", type=float, default=f.min_keypoints_inside)
+    g.add_argument("--min-det-score", type=float_range(0, 1), default=f.min_det_score)
+    g.add_argument("--min-keypoint-score", type=float_range(0, 1), default=f.min_keypoint_score,
+                   help="mean of the 21 keypoint scores")
+    g.add_argument("--min-box-side", type=float_range(0), default=f.min_box_side,
+                   help="pixels, shorter side of the detector box")
+    g.add_argument("--min-keypoints-inside", type=float_range(0, 1), default=f.min_keypoints_inside,
+                   help="fraction of the 21 keypoints inside the image")
 
 
 def label_config(a: argparse.Namespace) -> LabelConfig:
@@ -66,17 +70,17 @@ def label_config(a: argparse.Namespace) -> LabelConfig:
 def add_graph_args(p: argparse.ArgumentParser) -> None:
     d = GraphConfig()
     g = p.add_argument_group("graph + pairs stages (SPEC §2)")
-    g.add_argument("--k", type=int, default=d.k, help="nearest hands from other videos kept per hand")
-    g.add_argument("--shards", type=int, default=d.shards, help="faiss index shards, one Ray actor each")
+    g.add_argument("--k", type=int_range(1), default=d.k, help="nearest hands from other videos kept per hand")
+    g.add_argument("--shards", type=int_range(1), default=d.shards, help="faiss index shards, one Ray actor each")
     g.add_argument("--index", choices=("flat", "ivf", "ivfpq", "hnsw"), default=d.index,
                    help="flat = exact; ivf / ivfpq / hnsw = approximate (see benchmarks/graph_scale.py)")
-    g.add_argument("--pca-dim", type=int, default=d.pca_dim, help="0 = no PCA of the 42-d descriptors")
-    g.add_argument("--nlist", type=int, default=d.nlist, help="IVF lists per shard (0 = 4 sqrt(n))")
-    g.add_argument("--nprobe", type=int, default=d.nprobe)
-    g.add_argument("--cpus-per-shard", type=float, default=d.cpus_per_shard)
-    g.add_argument("--gpus-per-shard", type=float, default=d.gpus_per_shard)
-    g.add_argument("--positive-rank", type=int, default=d.positive_rank, help="pairs: neighbour used as positive")
-    g.add_argument("--pairs-per-shard", type=int, default=d.pairs_per_shard)
+    g.add_argument("--pca-dim", type=int_range(0, 42), default=d.pca_dim, help="0 = no PCA of the 42-d descriptors")
+    g.add_argument("--nlist", type=int_range(0), default=d.nlist, help="IVF lists per shard (0 = 4 sqrt(n))")
+    g.add_argument("--nprobe", type=int_range(1), default=d.nprobe, help="IVF lists searched per query")
+    g.add_argument("--cpus-per-shard", type=float_range(0, lo_open=True), default=d.cpus_per_shard)
+    g.add_argument("--gpus-per-shard", type=float_range(0), default=d.gpus_per_shard)
+    g.add_argument("--positive-rank", type=int_range(0), default=d.positive_rank, help="pairs: neighbour used as positive")
+    g.add_argument("--pairs-per-shard", type=int_range(1), default=d.pairs_per_shard, help="pairs: rows per Parquet shard")
 
 
 def graph_config(a: argparse.Namespace) -> GraphConfig:
@@ -96,13 +100,18 @@ def log_label_requests(cfg: LabelConfig) -> None:
              cfg.num_workers or "cluster-sized (--num-workers 0)", lab.cpus_per_labeler, lab.gpus_per_labeler)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--stage", choices=STAGES, default="all")
     p.add_argument("--output", required=True, help="output directory or s3:// prefix")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (ignored on a cluster)")
+    p.add_argument("--num-cpus", type=int_range(1), default=None, help="CPUs of a local Ray (ignored on a cluster)")
     add_label_args(p)
     add_graph_args(p)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     setup_logging()
     if a.stage in ("label", "all") and not a.input:

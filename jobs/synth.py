@@ -19,7 +19,7 @@ import logging
 import time
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import init_ray, setup_logging
+from _common import HelpFormatter, float_range, init_ray, int_range, setup_logging
 
 import ray
 
@@ -74,31 +74,39 @@ def write_freihand(output: str, results, videos: int, eval_fraction: float) -> d
     return {name: fh.write_split(root, name, samples) for name, samples in splits.items()}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     d = SynthConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", type=int, default=d.videos)
-    p.add_argument("--frames-per-video", type=int, default=d.frames_per_video)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--videos", type=int_range(0), default=d.videos)
+    p.add_argument("--frames-per-video", type=int_range(1), default=d.frames_per_video)
     p.add_argument("--output", required=True, help="output directory or s3:// prefix")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--height", type=int, default=d.height)
-    p.add_argument("--fps", type=int, default=d.fps)
+    p.add_argument("--seed", type=int_range(0), default=d.seed)
+    p.add_argument("--width", type=int_range(2), default=d.width, help="pixels, even")
+    p.add_argument("--height", type=int_range(2), default=d.height, help="pixels, even")
+    p.add_argument("--fps", type=int_range(1), default=d.fps)
     p.add_argument("--backgrounds", action="append", default=[],
                    help="background photos: image files or directories / s3:// prefixes (repeatable); "
                         "without them backgrounds are procedural. Use photos without hands in them.")
-    p.add_argument("--two-hands-prob", type=float, default=d.two_hands_prob)
-    p.add_argument("--occluder-prob", type=float, default=d.occluder_prob)
-    p.add_argument("--pool-size", type=int, default=d.pool_size, help="key poses shared across videos")
-    p.add_argument("--pool-prob", type=float, default=d.pool_prob)
-    p.add_argument("--supersample", type=int, default=d.supersample)
+    p.add_argument("--two-hands-prob", type=float_range(0, 1), default=d.two_hands_prob,
+                   help="chance that a video shows both hands")
+    p.add_argument("--occluder-prob", type=float_range(0, 1), default=d.occluder_prob,
+                   help="chance that an object crosses in front of the hand")
+    p.add_argument("--pool-size", type=int_range(0), default=d.pool_size, help="key poses shared across videos")
+    p.add_argument("--pool-prob", type=float_range(0, 1), default=d.pool_prob,
+                   help="chance that a key pose comes from the shared pool")
+    p.add_argument("--supersample", type=int_range(1), default=d.supersample, help="supersampling factor (per pixel side)")
     p.add_argument("--codec", default=d.codec, help="auto (libx264 if available, else mpeg4) or an encoder name")
-    p.add_argument("--crf", type=int, default=d.crf)
+    p.add_argument("--crf", type=int_range(0, 51), default=d.crf, help="libx264 quality (lower is better)")
     p.add_argument("--freihand", action="store_true", help="also export FreiHAND-format crops")
-    p.add_argument("--freihand-every", type=int, default=10, help="a FreiHAND crop every N-th frame")
-    p.add_argument("--eval-fraction", type=float, default=0.2, help="fraction of videos (persons) for evaluation")
-    p.add_argument("--montage-videos", type=int, default=12, help="videos sampled into montage.png")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (ignored on a cluster)")
+    p.add_argument("--freihand-every", type=int_range(1), default=10, help="a FreiHAND crop every N-th frame")
+    p.add_argument("--eval-fraction", type=float_range(0, 1), default=0.2, help="fraction of videos (persons) for evaluation")
+    p.add_argument("--montage-videos", type=int_range(0), default=12, help="videos sampled into montage.png")
+    p.add_argument("--num-cpus", type=int_range(1), default=None, help="CPUs of a local Ray (ignored on a cluster)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     setup_logging()
     try:

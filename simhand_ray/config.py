@@ -5,6 +5,7 @@ Workers receive configs as plain dicts (``asdict``) and rebuild them with ``from
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -33,6 +34,32 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """A numeric range, and the one wording of a value outside it ("must be >= 1, got 0") for configs and CLI."""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False                 # (lo, hi] instead of [lo, hi]
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"<= {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+
+    def error(self, value: float) -> str:
+        """'' when ``value`` is inside, else "must be ..., got VALUE" (NaN is never inside)."""
+        below = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        above = self.hi is not None and value > self.hi
+        return f"must be {self}, got {value}" if below or above or math.isnan(value) else ""
+
+    def check(self, name: str, value: float) -> None:
+        """ValueError "NAME must be ..., got VALUE" when ``value`` is outside."""
+        if msg := self.error(value):
+            raise ValueError(f"{name} {msg}")
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     """Quality filter of SPEC §1; the thresholds are recorded in the output's manifest."""
     min_det_score: float = 0.5
@@ -41,10 +68,9 @@ class FilterConfig:
     min_keypoints_inside: float = 1.0     # fraction of the 21 keypoints inside the image
 
     def __post_init__(self):
-        if not 0.0 <= self.min_keypoints_inside <= 1.0:
-            raise ValueError("min_keypoints_inside must be a fraction in [0, 1]")
-        if self.min_box_side < 0:
-            raise ValueError("min_box_side must be >= 0")
+        for name in ("min_det_score", "min_keypoint_score", "min_keypoints_inside"):   # scores are in [0, 1]
+            Bounds(0, 1).check(name, getattr(self, name))
+        Bounds(0).check("min_box_side", self.min_box_side)
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,10 @@ class LabelerConfig:
             raise ValueError(f"unknown labeler backend {self.backend!r}: mediapipe | openmmlab | groundtruth")
         if self.backend == "openmmlab" and not (self.det_checkpoint and self.pose_checkpoint):
             raise ValueError("the openmmlab labeler needs --det-checkpoint and --pose-checkpoint (path or s3://)")
+        Bounds(1).check("max_hands", self.max_hands)
+        Bounds(1).check("batch_size", self.batch_size)        # frames buffered per labeler: 2 x batch_size
+        Bounds(0, lo_open=True).check("cpus_per_labeler", self.cpus_per_labeler)  # 0: pool sized as CPUs / 0
+        Bounds(0).check("gpus_per_labeler", self.gpus_per_labeler)
 
 
 @dataclass(frozen=True)
@@ -98,12 +128,14 @@ class LabelConfig:
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
 
     def __post_init__(self):
-        if self.every_n < 1:
-            raise ValueError("every_n must be >= 1")
+        for name in ("every_n", "images_per_item"):
+            Bounds(1).check(name, getattr(self, name))
+        for name in ("num_workers", "max_frames_per_video"):
+            Bounds(0).check(name, getattr(self, name))
         if self.decode_mode not in ("all", "keyframes"):
             raise ValueError(f"decode_mode must be 'all' or 'keyframes', not {self.decode_mode!r}")
         if self.segment_frames < self.every_n:
-            raise ValueError("segment_frames must be >= every_n")
+            raise ValueError(f"segment_frames must be >= every_n ({self.every_n}), got {self.segment_frames}")
 
     def result_dict(self) -> dict:
         """The settings that change what is written (hashed into the manifest; inputs and workers excluded)."""
@@ -164,14 +196,13 @@ class GraphConfig:
         if self.scale not in ("rms", "palm"):
             raise ValueError(f"unknown descriptor scale {self.scale!r}: rms | palm")
         for name in ("k", "shards", "query_batch", "rows_per_part", "pairs_per_shard", "pairs_wave", "nprobe"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.pca_dim < 0 or self.pca_dim > 42:
-            raise ValueError("pca_dim must be in [0, 42]")
+            Bounds(1).check(name, getattr(self, name))
+        for name in ("margin", "nlist", "gpus_per_shard"):
+            Bounds(0).check(name, getattr(self, name))
+        Bounds(0, 42).check("pca_dim", self.pca_dim)
+        Bounds(0, lo_open=True).check("cpus_per_shard", self.cpus_per_shard)
         if not 0 <= self.positive_rank < self.k:
-            raise ValueError(f"positive_rank must be in [0, k={self.k})")
-        if self.margin < 0:
-            raise ValueError("margin must be >= 0")
+            raise ValueError(f"positive_rank must be in [0, k={self.k}), got {self.positive_rank}")
 
     def graph_result_dict(self) -> dict:
         """The settings that change the graph (hashed into its manifest; resources and pairs settings excluded)."""
