@@ -15,6 +15,7 @@ import io
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from functools import lru_cache
 from urllib.parse import urlparse
 
@@ -108,28 +109,83 @@ def is_dir(uri: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
+def _listed(name: str, suffixes: tuple[str, ...] | None) -> bool:
+    """Whether a file name is listed: not hidden or temporary, and with one of the suffixes (any case)."""
+    if name.startswith(".") or name.startswith("_tmp"):
+        return False
+    return not suffixes or name.lower().endswith(tuple(s.lower() for s in suffixes))
+
+
+def _walk_local(root: str, recursive: bool) -> list[str]:
+    """Regular files under a local directory, following symlinks but never into a directory already seen
+    (so link loops end), each real file once: under its real path if that is in the tree, else under the
+    first of its paths in sorted order."""
+    seen_dirs: set[tuple[int, int]] = set()
+    by_real: dict[str, str] = {}
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            st = os.stat(d)
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:          # vanished, unreadable, or a link that loops or dangles
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir():
+                    subdirs.append(e.path)
+                elif e.is_file():
+                    real = os.path.realpath(e.path)
+                    if real not in by_real or (e.path != real, e.path) < (by_real[real] != real, by_real[real]):
+                        by_real[real] = e.path
+            except OSError:      # a self-link: neither a file nor a directory
+                continue
+        if recursive:
+            stack.extend(reversed(subdirs))
+    return list(by_real.values())
+
+
 def list_files(uri: str, suffixes: tuple[str, ...] | None = None, recursive: bool = True) -> list[str]:
-    """Files under a directory or prefix, as URIs of the same scheme, sorted; filtered by suffix (any case)."""
+    """Files under a directory or prefix, as URIs of the same scheme, sorted; filtered by suffix (any case).
+
+    Locally symlinks are followed, but no link loop, and each real file is listed once."""
     fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        files = _walk_local(path, recursive) if os.path.isdir(path) else []
+        return sorted(f for f in files if _listed(os.path.basename(f), suffixes))
     info = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
-    prefix = "s3://" if is_s3(uri) else ""
-    out = []
-    for f in info:
-        if f.type != pafs.FileType.File:
-            continue
-        name = f.base_name
-        if name.startswith(".") or name.startswith("_tmp"):
-            continue
-        if suffixes and not name.lower().endswith(tuple(s.lower() for s in suffixes)):
-            continue
-        out.append(prefix + f.path)
-    return sorted(out)
+    return sorted("s3://" + f.path for f in info
+                  if f.type == pafs.FileType.File and _listed(f.base_name, suffixes))
+
+
+def identity(uri: str) -> str:
+    """What makes two URIs the same file: the resolved real path locally (symlinks, ``..``, relative
+    paths), the URI itself on S3."""
+    if is_s3(uri):
+        return str(uri).rstrip("/")
+    return os.path.realpath(resolve(uri)[1])
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+@contextmanager
+def open_parquet(uri: str):
+    """``with open_parquet(uri) as pf``: a ``pyarrow.parquet.ParquetFile``; a file that is not readable
+    Parquet, whether its footer or a page read inside the block is corrupt, raises ValueError naming it."""
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_file(path) as fh:
+            yield pq.ParquetFile(fh)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{uri} is not a readable Parquet file: {e}") from e
 
 
 def open_input_file(uri: str):
@@ -156,6 +212,48 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def create_if_absent(uri: str, data: bytes) -> bool:
+    """Write ``data`` to ``uri`` only if nothing is there, atomically against a concurrent writer; True if
+    this call created it. Locally: a complete temp file hard-linked to the name (link fails if it exists);
+    on S3: a conditional PUT (``If-None-Match: *``), which the store refuses with 412 if the key exists."""
+    fs, path = resolve(uri)
+    if is_s3(uri):
+        return _s3_put_if_absent(path, data)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f"_tmp.{uuid.uuid4().hex}.{os.path.basename(path)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _s3_put_if_absent(path: str, data: bytes) -> bool:
+    """A PUT that S3 (and S3-compatible stores that support conditional writes) refuses if the key exists;
+    pyarrow's S3 filesystem cannot send If-None-Match, so this one goes through boto3."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bucket, key = path.split("/", 1)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    # a session of its own: boto3's default session is not thread-safe
+    client = boto3.session.Session().client("s3", endpoint_url=s3_endpoint(), region_name=region)
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return True
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise StorageError(f"cannot write s3://{path}: {e}") from e
 
 
 def write_parquet_atomic(table: pa.Table, uri: str, metadata: dict | None = None) -> None:
