@@ -34,7 +34,7 @@ BONES = tuple(
 
 # --- label stage: hands/ -------------------------------------------------------------------------
 HANDS = pa.schema([
-    ("hand_id", pa.string()),            # "{source}:{video_id}:{frame_index:08d}:{hand_index}", unique + stable
+    ("hand_id", pa.string()),            # see hand_id(): unique + stable
     ("source", pa.string()),             # dataset/source name (e.g. "ego4d", "100doh", "sample")
     ("video_id", pa.string()),           # hands of one video are never each other's positives
     ("uri", pa.string()),                # the input file the frame came from
@@ -51,6 +51,19 @@ HANDS = pa.schema([
     ("keypoint_scores", pa.list_(pa.float32(), NUM_JOINTS)),
     ("crop_jpeg", pa.binary()),          # CROP_SIZE x CROP_SIZE RGB JPEG, right-hand (mirrored)
 ])
+
+
+
+def hand_id(source: str, video_id: str, frame_index: int, hand_index: int, file_key: str) -> str:
+    """``{source}:{video_id}:{frame_index:08d}:{hand_index}:{tag}``, unique in an output and the same on
+    every re-run. source and video_id pass through ``inputs.clean_id``, which keeps them free of ':' and
+    keeps distinct names distinct (a name with other characters than ``A-Za-z0-9._/-`` gets '~' and a hash
+    of it); video_id defaults to the file's path below its input directory, extension included. ``tag``
+    is the first 8 hex digits of the file's key (a digest of its real path, or its s3:// URI), so two
+    files given one (source, video_id) (two folders under one --source, a manifest's video_id column)
+    still get distinct hand_ids."""
+    return f"{source}:{video_id}:{frame_index:08d}:{hand_index}:{file_key[:8]}"
+
 
 # --- label stage: rejects/ (inputs or segments that could not be read, or read only in part) ------
 REJECTS = pa.schema([

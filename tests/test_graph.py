@@ -251,3 +251,18 @@ def test_graph_stage_with_pca(ray_cluster, tmp_path):
     for r in g:
         assert len(r["neighbor_ids"]) == 3 and r["distances"] == sorted(r["distances"])
         assert all(vid[n] != vid[r["hand_id"]] for n in r["neighbor_ids"])
+
+
+def test_duplicate_hand_ids_are_named_with_their_files(tmp_path):
+    kp, video = pose_hands(3, 4, seed=7)
+    table = hands_table(kp, video)
+    out = str(tmp_path / "mine")
+    write_hands(out, pa.concat_tables([table, table.slice(2, 2)]), files=2)   # two hands written twice
+    with pytest.raises(ValueError, match="hand_id is not unique") as e:
+        run_graph_stage(GraphConfig(output=out, k=3))
+    msg = str(e.value)
+    for hid in table["hand_id"].to_pylist()[2:4]:
+        assert hid in msg
+    assert "h0.parquet" in msg and "h1.parquet" in msg and table["uri"][2].as_py() in msg
+    assert table["hand_id"][0].as_py() not in msg
+    assert not storage.exists(storage.join(out, "graph"))          # refused before writing anything

@@ -1,4 +1,6 @@
-"""The label stage end to end through real Ray: sample data, local vs S3, bad inputs, kill + re-run, job submit."""
+"""The label stage end to end through real Ray: sample data, local vs S3, bad inputs, kill + re-run, job
+submit, ids stable across runs with other inputs; the settings check against a concurrent job."""
+import json
 import os
 import shutil
 import signal
@@ -43,8 +45,8 @@ def test_local_and_s3_outputs_hold_the_same_hands(ray_cluster, sample_dir, tmp_p
     monkeypatch.undo()
     ids = hand_ids(tmp_path / "out")
     assert ids == hand_ids(f"{s3_bucket}/out")
-    assert any(i.startswith("sample") and ":handSrc:" in i for i in ids)
-    assert sum(":Megamind:" in i for i in ids) >= 3
+    assert any(i.startswith("sample") and ":handSrc.jpg:" in i for i in ids)
+    assert sum(":Megamind.avi:" in i for i in ids) >= 3
     assert local["frames_kept"] == remote["frames_kept"] == 9 + 2   # 270 frames / 30 + 2 images
     assert local["work_items"] == 2 + 1      # keyframes 0, 1, 98, 154, 200: segments [0, 154), [154, 270); 1 image chunk
     hands = storage.read_parquet(str(tmp_path / "out" / "hands"), schema=schema.HANDS)
@@ -86,10 +88,10 @@ def test_bad_inputs_go_to_rejects_and_the_rest_is_labeled(ray_cluster, tmp_path)
     assert by_file["empty.jpg"]["reason"] == by_file["truncated.jpg"]["reason"] == "unreadable_image"
     assert set(by_file) == {"truncated.avi", "notavideo.mp4", "missing.avi", "empty.jpg", "truncated.jpg"}
     ids = hand_ids(tmp_path / "out")
-    for stem in ("good", "truncated", "damaged_pictures"):   # the truncated video's decoded frames are kept
-        assert any(f":{stem}:" in i for i in ids), stem
+    for name in ("good.avi", "truncated.avi", "damaged_pictures.avi"):   # the truncated video's decoded frames are kept
+        assert any(f":{name}:" in i for i in ids), name
     segments = storage.read_parquet(str(tmp_path / "out" / "segments")).to_pylist()
-    damaged = [s for s in segments if s["video_id"] == "damaged_pictures"]
+    damaged = [s for s in segments if s["video_id"] == "damaged_pictures.avi"]
     assert damaged[0]["frames_decoded"] == 270                         # decodes cleanly; pictures are just bad
     assert summary["rejects"] == {"truncated": 1, "not_a_video": 1, "missing": 1, "unreadable_image": 2}
 
@@ -144,4 +146,76 @@ def test_ray_job_submit(ray_cluster, tmp_path):
         time.sleep(2)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "succeeded" in res.stdout
-    assert any(":handSrc:" in i for i in hand_ids(out))
+    assert any(":handSrc.jpg:" in i for i in hand_ids(out))
+
+
+def test_ids_stay_the_same_when_inputs_are_added_removed_or_reordered(ray_cluster, tmp_path):
+    """One source over two folders whose names clean_id would fold, a name in both folders, a symlink and a
+    link loop: every image is labeled once, each hand keeps its id whatever inputs later runs are given."""
+    hand = real_data("images", "handSrc.jpg")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for name in ("hand one.jpg", "hand_one.jpg", "手.jpg"):
+        shutil.copy(hand, a / name)
+    os.symlink("hand_one.jpg", a / "alias.jpg")          # the same file twice
+    os.symlink(".", a / "dot")                           # the folder inside itself
+    for name in ("足.jpg", "hand_one.jpg"):              # hand_one.jpg: the same (source, video_id) as a's
+        shutil.copy(hand, b / name)
+    shutil.copy(real_data("images", "fruits.jpg"), b / "fruits.jpg")
+    out, kw = tmp_path / "out", dict(source="s", images_per_item=2)
+    # a run that fails on a missing input, with other settings, leaves nothing that blocks the next one
+    with pytest.raises(Exception, match="input not found"):
+        run_stage([a, tmp_path / "missing"], out, every_n=7, **kw)
+    assert not storage.exists(str(out / "label_manifest.json"))
+    first = run_stage([a], out, **kw)
+    ids_a = hand_ids(out)
+    assert first["images"] == 3 and len(ids_a) % 3 == 0 and ids_a
+    per_image = len(ids_a) // 3
+    # one more input, given first: a's hands keep their ids, b's are added, none twice
+    second = run_stage([b, a], out, **kw)
+    ids_ab = hand_ids(out)
+    assert ids_a < ids_ab and len(ids_ab) == 5 * per_image and second["work_items_run"] == 2
+    assert len({i.split(":")[1] for i in ids_ab}) == 4    # hand_one.jpg of a and b: one video_id, two files
+    # a chunk killed between its hands/ file and its marker is redone with its own images (its files
+    # overwritten), though its input is no longer given
+    marker = sorted((out / "segments").glob("img-*.parquet"))[0]
+    members = {m["uri"] for m in json.loads(pq.read_schema(marker).metadata[b"images"])}
+    marker.unlink()
+    third = run_stage([b], out, **kw)
+    assert third["work_items_run"] == 1 and hand_ids(out) == ids_ab and marker.exists()
+    assert {u for u in pq.read_table(out / "hands", columns=["uri"])["uri"].to_pylist() if u in members}
+    # a fresh output from the inputs in another order: the same ids
+    run_stage([a, b], tmp_path / "fresh", **kw)
+    assert hand_ids(tmp_path / "fresh") == ids_ab
+
+
+@pytest.fixture(params=["local", "s3"])
+def out_root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return request.getfixturevalue("s3_bucket") + "/out"
+
+
+def test_settings_check_is_atomic_against_a_concurrent_job(out_root):
+    from simhand_ray.mining.pipeline import check_manifest
+    from test_storage_atomic import race
+
+    cfgs = [LabelConfig(output=out_root, every_n=n) for n in (10, 30)]
+    results = race(8, lambda i: check_manifest(cfgs[i % 2]))
+    passed = {i % 2 for i, r in enumerate(results) if r is None}
+    refused = [r for r in results if r is not None]
+    assert len(passed) == 1 and len(refused) == 4, results           # one settings wins, all of its jobs pass
+    assert all(isinstance(r, ValueError) and "other settings" in str(r) for r in refused)
+    stamp = storage.read_json(storage.join(out_root, "label_manifest.json"))
+    assert stamp["config"]["every_n"] == cfgs[passed.pop()].every_n
+
+
+def test_output_of_an_older_id_scheme_is_refused(tmp_path):
+    from simhand_ray.mining.pipeline import check_manifest
+
+    cfg = LabelConfig(output=str(tmp_path))
+    old = {"config_hash": storage.config_hash(cfg.result_dict()), "config": cfg.result_dict()}   # as written before
+    storage.write_json_atomic(str(tmp_path / "label_manifest.json"), old)
+    with pytest.raises(ValueError, match="another id scheme"):
+        check_manifest(cfg)

@@ -278,11 +278,27 @@ def graph_table(hand_ids: pa.Array, rows: np.ndarray, ids: np.ndarray, dist: np.
     }, schema=GRAPH)
 
 
+def duplicate_ids_message(hands_uri: str, hand_ids, show: int = 5) -> str:
+    """Which hand_ids repeat (up to ``show``), and for each the hands/ files and input files holding it."""
+    counts = pc.value_counts(hand_ids)
+    dup = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    shown = dup.slice(0, show)
+    where: dict[str, list[str]] = {i: [] for i in shown.to_pylist()}
+    for f in storage.list_files(hands_uri, (".parquet",)):
+        t = storage.read_parquet(f, columns=["hand_id", "uri"], schema=HANDS)
+        t = t.filter(pc.is_in(t["hand_id"], value_set=shown))
+        for i, uri in zip(t["hand_id"].to_pylist(), t["uri"].to_pylist()):
+            where[i].append(f"{storage.basename(f)} (from {uri})")
+    lines = "\n".join(f"  {i}: {'; '.join(w)}" for i, w in where.items())
+    return (f"hand_id is not unique in {hands_uri}: {len(dup)} ids repeat, e.g.\n{lines}\n"
+            "(the same hands written twice; relabel into a fresh --output)")
+
+
 def load_sorted_hands(hands_uri: str) -> pa.Table:
     """hand_id, source, video_id, keypoints of every hand, sorted by (source, video_id, hand_id)."""
     t = storage.read_parquet(hands_uri, columns=["hand_id", "source", "video_id", "keypoints"], schema=HANDS)
     if len(t) and pc.count_distinct(t["hand_id"]).as_py() != len(t):
-        raise ValueError(f"hand_id is not unique in {hands_uri}")
+        raise ValueError(duplicate_ids_message(hands_uri, t["hand_id"]))
     return t.take(pc.sort_indices(t, [("source", "ascending"), ("video_id", "ascending"),
                                       ("hand_id", "ascending")]))
 
