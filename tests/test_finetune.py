@@ -16,6 +16,7 @@ from simhand_ray.evaluate.datasets import FreiHAND
 from simhand_ray.evaluate.finetune import (CHECKPOINT, FinetuneConfig, load_checkpoint, plan_steps, save_torch,
                                            schedule, to_model_input)
 from simhand_ray.evaluate.model import PoseNet, infer_arch, make_trunk, pose_loss
+from simhand_ray.safe_load import load_torch_file
 from test_datasets import write_freihand
 
 
@@ -108,12 +109,12 @@ def test_finetune_resume_evaluate_report_end_to_end(ray_cluster, tmp_path, capsy
     finetune = load_job("finetune")
     # 12 images (6 samples x 2 versions) / (2 per worker x 2 workers) = 3 steps per epoch, DDP over gloo
     assert finetune.main(common + ["--epochs", "1", "--num-workers", "2", "--cpus-per-worker", "0.5"]) == 0
-    ckpt = torch.load(ft_out / "checkpoint.pt", weights_only=False)
+    ckpt = load_torch_file(str(ft_out / "checkpoint.pt"))
     assert (ckpt["epoch"], ckpt["step"]) == (1, 3)
     assert set(ckpt) >= {"model", "optimizer", "lr_scheduler", "step", "config", "config_hash", "history"}
     # resume from the output directory with more epochs and one worker: 12 / 2 = 6 steps for epoch 1
     assert finetune.main(common + ["--epochs", "2", "--num-workers", "1"]) == 0
-    ckpt = torch.load(ft_out / "checkpoint.pt", weights_only=False)
+    ckpt = load_torch_file(str(ft_out / "checkpoint.pt"))
     assert (ckpt["epoch"], ckpt["step"]) == (2, 9)
     assert [h["epoch"] for h in ckpt["history"]] == [0, 1]
     summary = json.loads((ft_out / "finetune_summary.json").read_text())

@@ -5,6 +5,7 @@ fixed-size boxes: that drives NMS (through the mmcv compat), the max_hands cut a
 """
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import numpy as np
@@ -110,12 +111,15 @@ def test_missing_checkpoint_is_a_clear_error(checkpoints, tmp_path):
         om.OpenMMLabLabeler(cfg)
 
 
-def test_mmengine_checkpoint_with_numpy_metadata_is_refused(checkpoints, tmp_path):
+def test_mmengine_checkpoint_with_numpy_metadata_loads_and_code_is_refused(checkpoints, tmp_path):
     sd = torch.load(checkpoints["pose"], weights_only=True)
     path = tmp_path / "mmengine.pth"
     torch.save({"state_dict": sd, "meta": {"dataset_meta": {"sigmas": np.full(21, 0.03)}}}, path)
-    with pytest.raises(om.CheckpointError, match=r"weights_only=True.*re-save its state dict"):
-        om.load_state_dict(str(path))
+    assert om.load_state_dict(str(path)).keys() == sd.keys()     # numpy metadata: on the allowlist
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": sd, "meta": {"hook": shutil.rmtree}}, evil)
+    with pytest.raises(om.CheckpointError, match=r"refusing to load checkpoint .*evil.pth: it pickles shutil.rmtree"):
+        om.load_state_dict(str(evil))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(om.CheckpointError, match="cannot read checkpoint"):

@@ -9,8 +9,9 @@ optimizer, lr_scheduler, epoch, step, config, config_hash, history} atomically i
 after every epoch, and a run pointed at a directory holding one resumes from it (every worker reads it
 before wrapping the model in DDP). The config hash covers the settings that change the result, so a
 changed run refuses to resume into the wrong directory. At the end rank 0 writes ``model.pt`` (weights +
-config) for ``evaluate`` and ``finetune_summary.json`` for the report. The output must be storage every
-worker can read (s3:// or a shared file system) when workers span nodes.
+config) for ``evaluate`` and ``finetune_summary.json`` for the report. Both hold tensors and plain values
+only (the config as a dict) and are read back with ``safe_load.load_torch_file`` (``weights_only=True``).
+The output must be storage every worker can read (s3:// or a shared file system) when workers span nodes.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from simhand_ray.config import from_dict
 from simhand_ray.evaluate import preprocess
 from simhand_ray.evaluate.datasets import open_dataset, read_image
 from simhand_ray.evaluate.model import PoseNet, make_trunk, pose_loss
+from simhand_ray.safe_load import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +149,10 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
 
 
 def save_torch(uri: str, obj: dict) -> None:
+    """Write ``obj`` (tensors and plain containers only, so ``load_torch_file`` reads it back) atomically."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     storage.write_bytes_atomic(uri, buf.getvalue())
-
-
-def load_torch(uri: str) -> dict:
-    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=False)
 
 
 def load_checkpoint(cfg: FinetuneConfig) -> dict | None:
@@ -161,7 +160,7 @@ def load_checkpoint(cfg: FinetuneConfig) -> dict | None:
     uri = storage.join(cfg.output, CHECKPOINT)
     if not cfg.resume or not storage.exists(uri):
         return None
-    ckpt = load_torch(uri)
+    ckpt = load_torch_file(uri)
     want = storage.config_hash(cfg.result_dict())
     if ckpt.get("config_hash") != want:
         raise ValueError(f"{uri} was written by a different configuration ({ckpt.get('config_hash')} != {want}); "
@@ -304,7 +303,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         datasets={"train": ds})
     t0 = time.time()
     trainer.fit()
-    model = load_torch(storage.join(cfg.output, MODEL))
+    model = load_torch_file(storage.join(cfg.output, MODEL))
     summary = {"config": asdict(cfg), "plan": plan, "arch": model["arch"], "steps": model["step"],
                "history": model["history"], "seconds": time.time() - t0,
                "final": model["history"][-1] if model["history"] else {}}

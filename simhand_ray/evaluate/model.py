@@ -22,7 +22,6 @@ Outputs: ``uv`` (B, 21, 2) in [0, 1] crop coordinates, ``xyz`` (B, 21, 3) root-r
 """
 from __future__ import annotations
 
-import io
 import logging
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from simhand_ray import storage
+from simhand_ray.safe_load import load_torch_file
 from simhand_ray.schema import NUM_JOINTS
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
     Accepts a bare state_dict, or a checkpoint dict holding one under ``model`` / ``state_dict``; removes a
     DDP ``module.`` prefix and, when no key is a top-level ResNet key, a common prefix such as ``trunk.``.
     """
-    obj = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+    obj = load_torch_file(uri)
     for key in ("model", "state_dict", "trunk"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -17,8 +17,9 @@ import torch
 from simhand_ray import storage
 from simhand_ray.evaluate import metrics, preprocess
 from simhand_ray.evaluate.datasets import open_dataset
-from simhand_ray.evaluate.finetune import CONFIG_JSON, CHECKPOINT, MODEL, load_torch, records_dataset, to_model_input
+from simhand_ray.evaluate.finetune import CONFIG_JSON, CHECKPOINT, MODEL, records_dataset, to_model_input
 from simhand_ray.evaluate.model import XYZ_UNIT_MM, PoseNet, build_trunk
+from simhand_ray.safe_load import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,14 @@ def model_config(uri: str) -> dict:
     side = storage.join(uri.rsplit("/", 1)[0], CONFIG_JSON)
     if storage.basename(uri) in (MODEL, CHECKPOINT) and storage.exists(side):
         return storage.read_json(side)["config"]
-    return load_torch(uri)["config"]
+    return load_torch_file(uri)["config"]
 
 
 class PosePredictor:
     """Ray Data actor: crops -> root-relative 3D joints in the camera frame (mm)."""
 
     def __init__(self, model_uri: str, use_gpu: bool = False):
-        ckpt = load_torch(model_uri)
+        ckpt = load_torch_file(model_uri)
         cfg = ckpt["config"]
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = PoseNet(build_trunk(ckpt["arch"]), cfg.get("head_width", 256))

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from simhand_ray import storage
+from simhand_ray.safe_load import load_torch_file
 
 RUN_NAME = "ray_train"
 STATE_FILE = "state.pt"
@@ -75,7 +76,7 @@ def save(directory: str, *, model: torch.nn.Module, optimizer, scheduler, scaler
 
 def load(directory: str) -> dict:
     """Read a checkpoint directory written by ``save`` (tensors on CPU)."""
-    return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
+    return load_torch_file(os.path.join(directory, STATE_FILE))
 
 
 def restore(state: dict, *, model: torch.nn.Module, optimizer, scheduler, scaler) -> str:

@@ -2,9 +2,10 @@
 
 Both models are built from configs (by default the RTMDet-nano hand and RTMPose-m hand5 configs that ship
 inside the mmpose package) and filled with state dicts read from a local path or an s3:// URI. Checkpoints are
-loaded with ``torch.load(weights_only=True)`` only: a checkpoint is code as well as data when unpickled in full,
-and the labeler runs on every worker of a cluster. mmengine training checkpoints pickle numpy metadata and
-are refused with a message saying how to re-save just the state dict.
+loaded with ``safe_load.load_torch_file`` (``torch.load(weights_only=True)``): a checkpoint is code as well as
+data when unpickled in full, and the labeler runs on every worker of a cluster. mmengine checkpoints pickle
+numpy metadata (and, from training, a message hub); exactly those types are allowlisted, anything else is
+refused naming the file and the global.
 
 Handedness: neither model predicts it, and 2D keypoint geometry cannot tell a left palm from a right back of
 the hand (both give the same winding of the joints). So every hand is reported as ``"right"`` with
@@ -17,11 +18,8 @@ Coordinates are passed through as the models give them, in the frame's pixels.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
-import pickle
-import re
 import warnings
 from typing import Sequence
 
@@ -32,6 +30,7 @@ from simhand_ray import storage
 from simhand_ray.compat import mmcv_ext
 from simhand_ray.config import LabelerConfig
 from simhand_ray.mining.labelers.base import DetectedHand, FrameRef
+from simhand_ray.safe_load import ModelFileError, load_torch_file, mmengine_globals
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,8 @@ NUM_KEYPOINTS = 21
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, not a state dict, or not loadable with ``weights_only=True``."""
+    """A checkpoint that is missing, not a state dict, unreadable, or pickling more than tensors and the
+    mmengine allowlist."""
 
 
 def bundled_config(relpath: str) -> str:
@@ -55,20 +55,15 @@ def bundled_config(relpath: str) -> str:
 
 
 def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """Read a state dict (plain, or under ``'state_dict'``) from a path or s3:// URI, tensors only, on CPU."""
+    """Read a state dict (plain, or under ``'state_dict'``) from a path or s3:// URI, tensors only, on CPU.
+
+    Loaded with ``weights_only=True`` plus mmengine's checkpoint allowlist (numpy metadata, message hub)."""
     if not storage.exists(uri):
         raise CheckpointError(f"checkpoint not found: {uri}")
     try:
-        obj = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found is None:  # torch reports truncated or non-torch files as unpickling errors too
-            raise CheckpointError(f"cannot read checkpoint {uri}: not a torch.save file, or truncated") from e
-        raise CheckpointError(
-            f"checkpoint {uri} pickles {found.group(1)}, not only tensors (mmengine training checkpoints keep "
-            f"numpy metadata), so it cannot be loaded with torch.load(weights_only=True). If you trust the file, "
-            f"re-save its state dict: ckpt = torch.load(path, map_location='cpu', weights_only=False); "
-            f"torch.save(ckpt.get('state_dict', ckpt), 'weights.pth')") from e
+        obj = load_torch_file(uri, allow=mmengine_globals(), name=f"checkpoint {uri}")
+    except ModelFileError as e:
+        raise CheckpointError(str(e)) from None
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {uri}: {type(e).__name__}: {e}") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
