@@ -23,11 +23,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-#: Environment variables that configure S3 access; jobs forward them to Ray workers.
-AWS_ENV_VARS = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE",
-)
+#: The S3 settings that say where the store is, not who you are: jobs forward these to Ray workers.
+#: Credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) and AWS_PROFILE never travel
+#: through Ray: a runtime_env is written to Ray's logs and served by the dashboard's jobs API. Workers take
+#: them from their node (instance profile, IRSA / Pod Identity, the node's environment; a local Ray's
+#: workers inherit the driver's environment): README, "Credentials".
+AWS_ENV_VARS = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
 class StorageError(RuntimeError):
@@ -39,7 +40,8 @@ def is_s3(uri: str) -> bool:
 
 
 def aws_env() -> dict[str, str]:
-    """The AWS variables set in this process, to forward to Ray workers via ``runtime_env``."""
+    """The non-secret S3 settings of this process (region, endpoint), to forward to Ray workers via
+    ``runtime_env``; never credentials (see ``AWS_ENV_VARS``)."""
     return {k: os.environ[k] for k in AWS_ENV_VARS if os.environ.get(k)}
 
 
@@ -177,15 +179,24 @@ def read_bytes(uri: str) -> bytes:
 
 
 @contextmanager
+def naming_parquet(uri: str):
+    """``with naming_parquet(uri):`` turns pyarrow's errors reading ``uri`` (a corrupt footer or page, a
+    file that is not Parquet) into a ValueError naming the file; a missing file stays FileNotFoundError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{uri} is not a readable Parquet file: {e}") from e
+
+
+@contextmanager
 def open_parquet(uri: str):
     """``with open_parquet(uri) as pf``: a ``pyarrow.parquet.ParquetFile``; a file that is not readable
     Parquet, whether its footer or a page read inside the block is corrupt, raises ValueError naming it."""
     fs, path = resolve(uri)
-    try:
-        with fs.open_input_file(path) as fh:
-            yield pq.ParquetFile(fh)
-    except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{uri} is not a readable Parquet file: {e}") from e
+    with naming_parquet(uri), fs.open_input_file(path) as fh:
+        yield pq.ParquetFile(fh)
 
 
 def open_input_file(uri: str):
@@ -281,7 +292,8 @@ def read_parquet(uri: str, columns: list[str] | None = None, schema: pa.Schema |
     tables = []
     for f in files:
         ffs, fpath = resolve(f)
-        tables.append(pq.read_table(fpath, filesystem=ffs, columns=columns))
+        with naming_parquet(f):
+            tables.append(pq.read_table(fpath, filesystem=ffs, columns=columns))
     if schema is not None:
         target = schema if columns is None else pa.schema([schema.field(c) for c in columns])
         tables = [t.select(target.names).cast(target) for t in tables]

@@ -69,3 +69,13 @@ def test_open_parquet_names_a_corrupt_file(root):
     with pytest.raises(ValueError, match="damaged.parquet is not a readable Parquet file"):
         with storage.open_parquet(damaged) as pf:
             pf.read_row_group(0)
+
+
+def test_read_parquet_names_a_corrupt_file_among_good_ones(root):
+    storage.write_parquet_atomic(pa.table({"x": [1, 2]}), storage.join(root, "t", "a.parquet"))
+    storage.write_bytes_atomic(storage.join(root, "t", "b.parquet"), b"PAR1 but nothing else")
+    with pytest.raises(ValueError, match=r"t/b.parquet is not a readable Parquet file"):
+        storage.read_parquet(storage.join(root, "t"))
+    with pytest.raises(FileNotFoundError):
+        with storage.open_parquet(storage.join(root, "t", "missing.parquet")):
+            pass
