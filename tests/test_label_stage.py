@@ -219,3 +219,21 @@ def test_output_of_an_older_id_scheme_is_refused(tmp_path):
     storage.write_json_atomic(str(tmp_path / "label_manifest.json"), old)
     with pytest.raises(ValueError, match="another id scheme"):
         check_manifest(cfg)
+
+
+def test_a_partly_labeled_video_keeps_its_ids_when_reached_by_another_route(ray_cluster, tmp_path):
+    a, other = tmp_path / "a", tmp_path / "other"
+    a.mkdir()
+    other.mkdir()
+    shutil.copy(real_data("videos", "Megamind.avi"), a / "clip.avi")
+    os.symlink(a / "clip.avi", other / "renamed.avi")   # the same file, another source and name
+    out = tmp_path / "out"
+    run_stage([a], out, segment_frames=100)
+    ids = hand_ids(out)
+    assert ids and all(i.startswith("a:clip.avi:") for i in ids)
+    assert any(int(i.split(":")[2]) >= 154 for i in ids)     # the last segment [154, 270) has hands to relabel
+    markers = sorted((out / "segments").glob("*.parquet"))
+    assert len(markers) == 2
+    markers[-1].unlink()                                 # as if killed before the last segment committed
+    again = run_stage([other], out, segment_frames=100)
+    assert again["work_items_run"] == 1 and hand_ids(out) == ids
