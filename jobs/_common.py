@@ -74,7 +74,9 @@ def setup_logging() -> None:
 def init_ray(num_cpus: int | None = None) -> None:
     """Connect to the cluster this job was submitted to (RAY_ADDRESS), else start a local Ray.
 
-    AWS settings of this process are forwarded to every worker so s3:// URIs resolve the same there.
+    Only the non-secret S3 settings (region, endpoint) go to the workers through ``runtime_env``, which Ray
+    logs and shows in its jobs API; credentials never do. A local Ray's workers inherit this process's
+    environment, credentials included; a cluster's workers use their node's (README, "Credentials").
     """
     import ray
 
