@@ -51,7 +51,7 @@ def digest(text: str, n: int = 16) -> str:
 def clean_id(text: str) -> str:
     """An id safe to embed in hand_ids and file names, distinct for distinct texts: a text made only of
     ``A-Z a-z 0-9 . _ / -`` (no leading/trailing '/') is kept as is; any other has its odd characters
-    folded to '_' and gets '~' plus a hash of the original (``hand one`` -> ``hand_one~1c6e5f2a``)."""
+    folded to '_' and gets '~' plus a hash of the original (``hand one`` -> ``hand_one~efd092f0``)."""
     text = str(text)
     folded = _UNSAFE.sub("_", text).strip("/") or "_"
     return text if folded == text else f"{folded}~{digest(text, 8)}"
