@@ -106,24 +106,28 @@ def _py3_name(module: str, name: str) -> str:
 
 def pickled_globals(data: bytes) -> list[str]:
     """Every global (``module.name``) a pickle / torch.save file refers to, read without unpickling:
-    GLOBAL opcodes and STACK_GLOBAL ones (their module and name are the last two strings pushed)."""
-    found, strings, memo, top = [], [], {}, None   # top: the string just pushed, if the last push was one
-    try:
-        for op, arg, _ in pickletools.genops(_pickle_bytes(data)):
-            if op.name == "GLOBAL":
-                found.append(_py3_name(*arg.split(" ", 1)))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-            if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-                memo[len(memo) if op.name == "MEMOIZE" else arg] = top
-                continue
-            top = arg if "UNICODE" in op.name or op.name.endswith("STRING") else None
-            if op.name in ("GET", "BINGET", "LONG_BINGET"):
-                top = memo.get(arg)
-            if top is not None:
-                strings.append(top)
-    except Exception:   # junk or truncated: what was read so far
-        pass
+    GLOBAL opcodes and STACK_GLOBAL ones (their module and name are the last two strings pushed), over each
+    pickle in turn (a legacy torch.save file is several, then raw storage bytes)."""
+    found = []
+    stream = io.BytesIO(_pickle_bytes(data))
+    while stream.tell() < len(stream.getbuffer()):
+        strings, memo, top = [], {}, None   # top: the string just pushed, if the last push was one
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    found.append(_py3_name(*arg.split(" ", 1)))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[len(memo) if op.name == "MEMOIZE" else arg] = top
+                    continue
+                top = arg if "UNICODE" in op.name or op.name.endswith("STRING") else None
+                if op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    top = memo.get(arg)
+                if top is not None:
+                    strings.append(top)
+        except Exception:   # junk, truncated, or the raw bytes after the pickles: what was read so far
+            break
     return list(dict.fromkeys(found))
 
 

@@ -1,7 +1,7 @@
 """Model, checkpoint and state files load without running code from them (``safe_load.load_torch_file``).
 
 A payload (an object whose ``__reduce__`` makes the unpickler call ``os.system`` or ``subprocess.call`` to
-create a file) is planted, through ``torch.save`` and as raw pickles, in each kind of file the jobs read:
+create a file) is planted, through ``torch.save`` (zip and legacy) and as raw pickles, in each kind of file the jobs read:
 evaluate's ``--model`` (driver and predictor actor), finetune's ``checkpoint.pt`` resume and ``model.pt``,
 pretrain's checkpoint ``state.pt``, ``trunk.pt`` (finetune ``--trunk``, the retrieval probe; also from S3)
 and the OpenMMLab labeler's detector / pose checkpoints. Each is refused with an error naming the file and
@@ -24,7 +24,7 @@ from conftest import load_job
 from simhand_ray import safe_load, storage
 from simhand_ray.safe_load import ModelFileError, load_torch_file
 
-FORMATS = ("torch.save", "pickle-protocol-2", "pickle-protocol-5")
+FORMATS = ("torch.save", "torch.save-legacy", "pickle-protocol-2", "pickle-protocol-5")
 
 
 class Payload:
@@ -40,10 +40,11 @@ class Payload:
 
 
 def dump(obj, fmt: str) -> bytes:
-    """``obj`` as a torch.save file or a raw pickle of the given protocol."""
-    if fmt == "torch.save":
+    """``obj`` as a torch.save file (zip, or the legacy format: consecutive pickles) or a raw pickle of the
+    given protocol."""
+    if fmt.startswith("torch.save"):
         buf = io.BytesIO()
-        torch.save(obj, buf)
+        torch.save(obj, buf, _use_new_zipfile_serialization=fmt == "torch.save")
         return buf.getvalue()
     return pickle.dumps(obj, protocol=int(fmt.rsplit("-", 1)[1]))
 
