@@ -66,13 +66,7 @@ def load_rows(cfg) -> dict:
     """Every pair row in memory, in the input layout of ``augment.augment_batch``."""
     from simhand_ray.train import data
 
-    index = data.index_pairs(cfg.pairs, cfg.max_unit_rows)
-    weights = np.ones(len(index.sources))
-    units = np.empty(1, dtype=object)
-    units[0] = np.arange(len(index.units))
-    batch = {"epoch": np.zeros(1, np.int64), "item": np.zeros(1, np.int64), "units": units,
-             "skip": np.zeros(1, np.int64)}
-    return data.read_items(batch, index=index, weights=weights, seed=cfg.seed, uses_positive=cfg.uses_positive)
+    return data.read_all(data.index_pairs(cfg.pairs, cfg.max_unit_rows), cfg.uses_positive, cfg.seed)
 
 
 def plain_loop(cfg, steps: int, device: torch.device) -> list[dict]:

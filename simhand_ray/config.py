@@ -286,7 +286,8 @@ class PretrainConfig:
     balance_sources: bool = True          # sample so each source contributes equally (data.py)
     fixed_views: bool = False             # augmentation seeds ignore the epoch (same views every epoch)
     interleave: int = 2                   # input units mixed into one shuffled read item
-    max_unit_rows: int = 2048             # rows per input unit (a Parquet row group, split if larger)
+    max_unit_rows: int = 256              # rows per input unit (a row group, split if larger): one stream task
+                                          # reads interleave x this many rows (the pairs stage writes 256-row groups)
     augment_batch_size: int = 32          # rows per augmentation call in Ray Data
     shuffle_buffer: int = 0               # rows of the worker-side local shuffle buffer (0 = off)
     prefetch_batches: int = 2

@@ -101,6 +101,9 @@ GRAPH = pa.schema([
 ])
 
 # --- pairs stage (what pretrain streams) ---------------------------------------------------------
+#: Rows per row group of a pairs file: the pretrain stream reads row groups as its units (train/data.py).
+PAIRS_ROW_GROUP_ROWS = 256
+
 PAIRS = pa.schema([
     ("anchor_id", pa.string()),
     ("positive_id", pa.string()),

@@ -267,14 +267,16 @@ def _s3_put_if_absent(path: str, data: bytes) -> bool:
         raise StorageError(f"cannot write s3://{path}: {e}") from e
 
 
-def write_parquet_atomic(table: pa.Table, uri: str, metadata: dict | None = None) -> None:
-    """Write a table as one Parquet file atomically; ``metadata`` goes into the schema's key-value metadata."""
+def write_parquet_atomic(table: pa.Table, uri: str, metadata: dict | None = None,
+                         row_group_rows: int | None = None) -> None:
+    """Write a table as one Parquet file atomically; ``metadata`` goes into the schema's key-value metadata,
+    ``row_group_rows`` caps the rows per row group (readers that take row groups as units want them small)."""
     if metadata:
         meta = dict(table.schema.metadata or {})
         meta.update({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(meta)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_rows)
     write_bytes_atomic(uri, buf.getvalue())
 
 

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from simhand_ray import storage
 from simhand_ray.config import GraphConfig
 from simhand_ray.graph.knn import MANIFEST, check_manifest, part_hash
-from simhand_ray.schema import BONES, GRAPH, HANDS, PAIRS, keypoints_array
+from simhand_ray.schema import BONES, GRAPH, HANDS, PAIRS, PAIRS_ROW_GROUP_ROWS, keypoints_array
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def _scatter(files: list[str], needed: pa.Table, n_out: int):
 def _gather(uri: str, pairs: pa.Table, chash: str, *blocks: pa.Table) -> int:
     """Assemble one output shard from the scattered hand rows and write it atomically."""
     hands = pa.concat_tables(blocks) if blocks else HANDS.empty_table().select(HAND_COLUMNS)
-    storage.write_parquet_atomic(assemble_pairs(pairs, hands), uri, {"config_hash": chash})
+    storage.write_parquet_atomic(assemble_pairs(pairs, hands), uri, {"config_hash": chash},
+                                 row_group_rows=PAIRS_ROW_GROUP_ROWS)
     return len(pairs)
 
 

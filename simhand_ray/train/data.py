@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from simhand_ray import storage
 from simhand_ray.config import PretrainConfig
-from simhand_ray.schema import NUM_JOINTS, keypoints_array
+from simhand_ray.schema import NUM_JOINTS, PAIRS_ROW_GROUP_ROWS, keypoints_array
 from simhand_ray.train import augment
 
 log = logging.getLogger(__name__)
@@ -75,11 +74,9 @@ class PairsIndex:
 def index_pairs(uri: str, max_unit_rows: int) -> PairsIndex:
     """List the Parquet files under ``uri``, cut them into units and read the ``source`` column."""
     files = list_pair_files(uri)
-    units, codes, names = [], [], {}
+    units, codes, names, split = [], [], {}, 0
     for f in files:
-        fs, path = storage.resolve(f)
-        with fs.open_input_file(path) as fh:
-            pf = pq.ParquetFile(fh)
+        with storage.open_parquet(f) as pf:
             for rg in range(pf.num_row_groups):
                 n = pf.metadata.row_group(rg).num_rows
                 if n == 0:
@@ -87,10 +84,14 @@ def index_pairs(uri: str, max_unit_rows: int) -> PairsIndex:
                 src = pf.read_row_group(rg, columns=["source"]).column("source").to_pylist()
                 src_codes = np.array([names.setdefault(s or "", len(names)) for s in src], dtype=np.int32)
                 chunk = n if n <= max_unit_rows else max_unit_rows
+                split += n > max_unit_rows
                 for start in range(0, n, chunk):
                     stop = min(n, start + chunk)
                     units.append(Unit(f, rg, start, stop, chunk))
                     codes.append(src_codes[start:stop])
+    if split:
+        log.warning("%d row groups of %s hold more than %d rows: each of their units re-reads the group from its "
+                    "start (the pairs stage writes %d-row groups)", split, uri, max_unit_rows, PAIRS_ROW_GROUP_ROWS)
     return PairsIndex(units, list(names), codes)
 
 
@@ -206,9 +207,7 @@ def plan_stream(index: PairsIndex, weights: np.ndarray, seed: int, interleave: i
 
 def read_unit(unit: Unit, columns: list[str]):
     """One unit's rows (selected columns) as a pyarrow Table."""
-    fs, path = storage.resolve(unit.uri)
-    with fs.open_input_file(path) as fh:
-        pf = pq.ParquetFile(fh)
+    with storage.open_parquet(unit.uri) as pf:
         if unit.chunk_rows >= pf.metadata.row_group(unit.row_group).num_rows:
             return pf.read_row_group(unit.row_group, columns=columns)
         # A large row group is read in chunks; batches before ours are decoded and dropped.
@@ -258,14 +257,40 @@ def read_items(batch: dict[str, np.ndarray], *, index: PairsIndex, weights: np.n
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
+def read_all(index: PairsIndex, uses_positive: bool, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every pair row once, in file order, as ``read_items`` gives them (benchmarks and checks, not training)."""
+    units = np.empty(1, dtype=object)
+    units[0] = np.arange(len(index.units))
+    one = {"epoch": np.zeros(1, np.int64), "item": np.zeros(1, np.int64), "units": units, "skip": np.zeros(1, np.int64)}
+    return read_items(one, index=index, weights=np.ones(len(index.sources)), seed=seed, uses_positive=uses_positive)
+
+
 def stream_epochs(total_steps: int, global_batch: int, num_rows: int) -> int:
     """Epochs the stream must hold for ``total_steps`` steps, plus one for resampling and split slack."""
     return math.ceil(total_steps * global_batch / max(num_rows, 1)) + 1
 
 
+def augment_items(batch: dict[str, np.ndarray], *, index: PairsIndex, weights: np.ndarray, seed: int,
+                  uses_positive: bool, cfg, fixed_views: bool, chunk_rows: int):
+    """``map_batches`` generator: work items -> their rows (``read_items``) -> augmented views, ``chunk_rows``
+    at a time, so a task's memory stays one item of JPEG rows plus one chunk of views."""
+    for i in range(len(batch["item"])):
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        rows = read_items(one, index=index, weights=weights, seed=seed, uses_positive=uses_positive)
+        n = len(rows.get("row_key", ()))
+        for start in range(0, n, chunk_rows):
+            yield augment.augment_batch({k: v[start:start + chunk_rows] for k, v in rows.items()}, seed=seed,
+                                        uses_positive=uses_positive, cfg=cfg, fixed_views=fixed_views)
+
+
 def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start_samples: int = 0,
                   total_samples: int = 0):
     """The Ray Dataset of augmented views (``augment.VIEW_COLUMNS``) from ``start_samples`` on.
+
+    One operator, one work item per task (read + augment together): the stream runs as many tasks at once
+    as Ray Data has CPUs, each a few hundred rows (``interleave`` x ``max_unit_rows``), and a task's output
+    leaves it item by item. (A separate read operator would hold CPU reservations of its own that starve the
+    augmentation on small nodes; a fused read -> augment pair bundles ``batch_size`` *items* per task.)
 
     ``total_samples`` (steps x global batch of the whole run): the stream is planned to hold at least the
     rows still needed plus one global batch of slack for the equal split over workers and ``drop_last``.
@@ -279,11 +304,12 @@ def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start
         log.info("the pairs stream needs %d epochs (planned %d) to hold %d rows", epochs, num_epochs, min_rows)
     if not items:  # a finished run resubmitted: an item that emits nothing keeps the pipeline well-formed
         items = [{"epoch": num_epochs - 1, "item": 0, "units": [0], "skip": 2 ** 62}]
-    # One item per block keeps the stream close to plan order; past MAX_BLOCKS a block holds a few items.
+    if len(items) > MAX_BLOCKS:
+        log.info("the pairs stream holds %d items: %d per task (MAX_BLOCKS %d)", len(items),
+                 math.ceil(len(items) / MAX_BLOCKS), MAX_BLOCKS)
+    # One item per block, so one per task (past MAX_BLOCKS a block holds a few, run one after the other).
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
-    ds = ds.map_batches(read_items, batch_size=1, batch_format="numpy",
-                        fn_kwargs={"index": index, "weights": weights, "seed": cfg.seed,
-                                   "uses_positive": cfg.uses_positive})
-    return ds.map_batches(augment.augment_batch, batch_size=cfg.augment_batch_size, batch_format="numpy",
-                          fn_kwargs={"seed": cfg.seed, "uses_positive": cfg.uses_positive, "cfg": cfg.augment,
-                                     "fixed_views": cfg.fixed_views})
+    return ds.map_batches(augment_items, batch_size=None, batch_format="numpy",
+                          fn_kwargs={"index": index, "weights": weights, "seed": cfg.seed,
+                                     "uses_positive": cfg.uses_positive, "cfg": cfg.augment,
+                                     "fixed_views": cfg.fixed_views, "chunk_rows": cfg.augment_batch_size})

@@ -1,0 +1,121 @@
+"""The pretrain job's pairs stream alone: Ray Data pairs/s with N CPUs vs N x the augmentation in one process.
+
+Claim checked (issue: pre-training at GPU rate): the stream runs as many augmentation tasks at once as it has
+CPUs, so its rate is close to N x one plain process running ``augment.augment_batch`` on rows already in
+memory. Both sides use the same pairs, augmentation settings and batch size. Rounds alternate (plain, stream,
+plain, ...) so drifting background load shows up in both; the fastest round of each is reported. The stream
+is timed from its first batch on (Ray's start-up and the first worker starts are reported apart).
+
+    python benchmarks/pretrain_stream.py                      # N = 2 (this machine's cores), 4096 pairs
+    python benchmarks/pretrain_stream.py --num-cpus 16 --pairs s3://bucket/mine/pairs
+
+Last line: ``stream_ratio=R`` with R = stream pairs/s / (N x single-process pairs/s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np  # noqa: E402
+
+
+def plain_rate(rows: dict, cfg, seconds: float) -> float:
+    """pairs/s of ``augment_batch`` in this process over rows in memory (batches of ``augment_batch_size``)."""
+    from simhand_ray.train import augment
+
+    n, b = len(rows["row_key"]), cfg.augment_batch_size
+    done, start, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        idx = np.arange(i, i + b) % n
+        augment.augment_batch({k: v[idx] for k, v in rows.items()}, seed=cfg.seed,
+                              uses_positive=cfg.uses_positive, cfg=cfg.augment)
+        done, i = done + b, i + b
+    return done / (time.perf_counter() - start)
+
+
+def stream_rate(cfg, index, epochs: int) -> dict:
+    """pairs/s of ``data.build_dataset`` consumed in this process, timed from the first batch on."""
+    from simhand_ray.train import data
+
+    t0 = time.perf_counter()
+    ds = data.build_dataset(cfg, index, epochs)
+    first = start = None
+    rows = 0
+    for batch in ds.iter_batches(batch_size=cfg.augment_batch_size, batch_format="numpy"):
+        if start is None:
+            first, start = time.perf_counter() - t0, time.perf_counter()
+            continue
+        rows += len(batch["view1"])
+    wall = time.perf_counter() - start
+    return {"pairs_per_s": rows / wall, "rows": rows, "wall_s": wall, "first_batch_s": first}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", default="", help="pairs dataset (default: --rows pairs made from the sample images)")
+    p.add_argument("--rows", type=int, default=2048, help="pairs made when --pairs is not given")
+    p.add_argument("--epochs", type=int, default=4, help="passes over the pairs per stream round")
+    p.add_argument("--method", default="simhand-w")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--augment-batch-size", type=int, default=0, help="0 = the pretrain job's default")
+    p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="N: CPUs of the local Ray")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--plain-seconds", type=float, default=6.0, help="length of one plain round")
+    p.add_argument("--json", default="", help="also write the figures here")
+    a = p.parse_args(argv)
+
+    import ray
+
+    from simhand_ray.config import AugmentConfig, PretrainConfig
+    from simhand_ray.train import data
+
+    work = tempfile.mkdtemp(prefix="pretrain-stream-")
+    pairs = a.pairs
+    if not pairs:
+        from test_pretrain import make_pairs
+
+        pairs = os.path.join(work, "pairs")
+        make_pairs(pairs, n=a.rows, files=max(1, a.rows // 256), split=a.rows)
+    extra = {"augment_batch_size": a.augment_batch_size} if a.augment_batch_size else {}
+    cfg = PretrainConfig(pairs=pairs, method=a.method, batch_size=64, balance_sources=False,
+                         augment=AugmentConfig(size=a.image_size), **extra)
+    index = data.index_pairs(pairs, cfg.max_unit_rows)
+    rows = data.read_all(index, cfg.uses_positive, cfg.seed)
+    t = time.perf_counter()
+    ray.init(num_cpus=a.num_cpus, include_dashboard=False, logging_level="WARNING")
+    ray_start = time.perf_counter() - t
+    plain, stream = [], []
+    try:
+        for r in range(a.rounds):
+            plain.append(plain_rate(rows, cfg, a.plain_seconds))
+            stream.append(stream_rate(cfg, index, a.epochs))
+            print(f"round {r}: plain {plain[-1]:.0f} pairs/s, stream {stream[-1]['pairs_per_s']:.0f} pairs/s "
+                  f"({stream[-1]['rows']} pairs in {stream[-1]['wall_s']:.1f} s, first batch after "
+                  f"{stream[-1]['first_batch_s']:.1f} s)", flush=True)
+    finally:
+        ray.shutdown()
+    best_plain, best_stream = max(plain), max(s["pairs_per_s"] for s in stream)
+    ratio = best_stream / (a.num_cpus * best_plain)
+    figures = {"num_cpus": a.num_cpus, "pairs": index.num_rows, "image_size": a.image_size, "method": a.method,
+               "augment_batch_size": cfg.augment_batch_size, "ray_start_s": ray_start,
+               "plain_pairs_per_s": plain, "stream": stream, "stream_ratio": ratio}
+    print(f"N = {a.num_cpus}: one process {best_plain:.0f} pairs/s, N x that {a.num_cpus * best_plain:.0f}, "
+          f"stream {best_stream:.0f} pairs/s (Ray start-up {ray_start:.1f} s, not counted)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    print(f"stream_ratio={ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
