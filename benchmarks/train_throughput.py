@@ -32,7 +32,7 @@ def summarize(steps: list[dict], skip: int, images_per_step: int) -> dict:
     checkpointing count), and where the time went (waiting for the next batch vs the step itself)."""
     s = steps[skip:]
     data = sum(r["data_s"] for r in s[1:])
-    compute = sum(r["compute_s"] for r in s[1:])
+    compute = sum(r["host_s"] for r in s[1:])
     wall = s[-1]["time"] - s[0]["time"]
     per_step = np.median(np.diff([r["time"] for r in s]))  # robust to other load on a shared machine
     return {"steps": len(s) - 1, "images_per_s": images_per_step * (len(s) - 1) / wall, "wall_s": wall,
@@ -85,7 +85,7 @@ def plain_loop(cfg, steps: int, device: torch.device) -> list[dict]:
         loss = train_step(model, batch, cfg, opt, sched, scaler, device)["loss"]
         float(loss)  # the Ray path syncs once per log interval; on CPU this costs nothing
         t2 = time.perf_counter()
-        out.append({"data_s": t1 - t0, "compute_s": t2 - t1, "time": time.time()})
+        out.append({"data_s": t1 - t0, "host_s": t2 - t1, "time": time.time()})
     return out
 
 
@@ -100,7 +100,7 @@ def compute_only(cfg, steps: int, device: torch.device) -> list[dict]:
     for _ in range(steps):
         t1 = time.perf_counter()
         float(train_step(model, batch, cfg, opt, sched, scaler, device)["loss"])
-        out.append({"data_s": 0.0, "compute_s": time.perf_counter() - t1, "time": time.time()})
+        out.append({"data_s": 0.0, "host_s": time.perf_counter() - t1, "time": time.time()})
     return out
 
 

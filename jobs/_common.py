@@ -71,8 +71,9 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster this job was submitted to (RAY_ADDRESS), else start a local Ray.
+def init_ray(num_cpus: int | None = None) -> bool:
+    """Connect to the cluster this job was submitted to (RAY_ADDRESS), else start a local Ray. Returns True
+    for an existing cluster (which may autoscale), False for a Ray of this process's own (which cannot).
 
     Only the non-secret S3 settings (region, endpoint) go to the workers through ``runtime_env``, which Ray
     logs and shows in its jobs API; credentials never do. A local Ray's workers inherit this process's
@@ -98,6 +99,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     alive = sum(1 for n in ray.nodes() if n["Alive"])
     logging.getLogger("simhand").info("Ray cluster now: %d node(s), %s (an autoscaling cluster adds nodes "
                                       "for requests that do not fit)", alive, format_resources(ray.cluster_resources()))
+    return bool(os.environ.get("RAY_ADDRESS"))
 
 
 def free_port() -> int:

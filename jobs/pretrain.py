@@ -16,7 +16,8 @@ import logging
 import _common  # noqa: F401  (puts the repo on sys.path)
 from _common import HelpFormatter, float_range, init_ray, int_range, setup_logging
 
-from simhand_ray.config import PRETRAIN_ARCHS, PRETRAIN_METHODS, AugmentConfig, PretrainConfig
+from simhand_ray.config import (NEG_WEIGHT_MIN_MODES, PRETRAIN_ARCHS, PRETRAIN_METHODS, AugmentConfig,
+                                PretrainConfig)
 
 log = logging.getLogger("simhand.pretrain")
 
@@ -42,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float_range(0, lo_open=True), default=d.temperature)
     p.add_argument("--no-amp", action="store_true", help="float32 on GPU too")
     p.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default=d.amp_dtype)
-    p.add_argument("--no-gather", action="store_true", help="negatives from each worker's own batch only")
+    p.add_argument("--no-gather", action="store_true",
+                   help="negatives (and SiMHand-W's weight min/max) from each worker's own batch only, as the "
+                        "reference code's DataParallel training had them per GPU")
+    p.add_argument("--neg-weight-min", choices=NEG_WEIGHT_MIN_MODES, default=d.neg_weight_min,
+                   help="SiMHand-W: the negatives' distance min over the whole matrix, self-distances (0) "
+                        "included, as the reference code (w- = 1 - d/max); or over the other samples only")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW on GPU (channels_last is faster)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model and SiMHand-W's distances (minutes of compiling first)")
+    p.add_argument("--resource-wait", type=float_range(0), default=d.resource_wait_s,
+                   help="seconds to wait for an autoscaling cluster to offer the workers' and the stream's "
+                        "resources before failing (a local Ray fails at once)")
     p.add_argument("--no-balance-sources", action="store_true", help="sample rows uniformly, not per source")
     p.add_argument("--seed", type=int_range(0), default=d.seed)
     p.add_argument("--fixed-views", action="store_true",
@@ -68,6 +80,8 @@ def pretrain_config(a: argparse.Namespace) -> PretrainConfig:
         cpus_per_worker=a.cpus_per_worker, batch_size=a.batch_size, epochs=a.epochs, max_steps=a.max_steps,
         warmup_epochs=a.warmup_epochs, base_lr=a.base_lr, weight_decay=a.weight_decay, temperature=a.temperature,
         amp=not a.no_amp, amp_dtype=a.amp_dtype, gather_distributed=not a.no_gather,
+        neg_weight_min=a.neg_weight_min, channels_last=not a.no_channels_last, compile=a.compile,
+        resource_wait_s=a.resource_wait,
         balance_sources=not a.no_balance_sources, seed=a.seed, checkpoint_every=a.checkpoint_every,
         keep_checkpoints=a.keep_checkpoints, log_every=a.log_every, max_failures=a.max_failures, resume=a.resume,
         stop_at_step=a.stop_at_step, fail_at_step=a.fail_at_step, shuffle_buffer=a.shuffle_buffer,
@@ -83,11 +97,15 @@ def main(argv=None) -> int:
         cfg = pretrain_config(a)
     except ValueError as e:
         p.error(str(e))
-    init_ray(a.num_cpus)
+    existing_cluster = init_ray(a.num_cpus)
+    from simhand_ray.train.resources import ClusterTooSmallError
     from simhand_ray.train.run import IncompleteRunError, run_pretrain
 
     try:
-        summary = run_pretrain(cfg)
+        summary = run_pretrain(cfg, resource_wait_s=cfg.resource_wait_s if existing_cluster else 0.0)
+    except (ValueError, ClusterTooSmallError) as e:   # refused before anything was written or started
+        log.error("%s", e)
+        return 2
     except IncompleteRunError as e:
         log.error("%s", e)
         return 1

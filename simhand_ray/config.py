@@ -227,6 +227,7 @@ _DATACLASSES[GraphConfig.__name__] = GraphConfig
 # --- pretrain job (SPEC §3) -----------------------------------------------------------------------
 PRETRAIN_METHODS = ("simclr", "peclr", "simhand", "simhand-w")
 PRETRAIN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+NEG_WEIGHT_MIN_MODES = ("reference", "exclude-self")   # losses.adaptive_weights' neg_min
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,7 @@ class PretrainConfig:
     amp: bool = True                      # mixed precision, on GPU only
     amp_dtype: str = "bfloat16"           # bfloat16 | float16 (float16 uses a GradScaler)
     gather_distributed: bool = True       # negatives from every worker's batch (all_gather with gradient)
+    neg_weight_min: str = "reference"     # SiMHand-W negatives' min: reference (self-distances in, so 0) | exclude-self
     seed: int = 0
     balance_sources: bool = True          # sample so each source contributes equally (data.py)
     fixed_views: bool = False             # augmentation seeds ignore the epoch (same views every epoch)
@@ -290,7 +292,10 @@ class PretrainConfig:
                                           # reads interleave x this many rows (the pairs stage writes 256-row groups)
     augment_batch_size: int = 32          # rows per augmentation call in Ray Data
     shuffle_buffer: int = 0               # rows of the worker-side local shuffle buffer (0 = off)
-    prefetch_batches: int = 2
+    prefetch_batches: int = 2             # batches each worker fetches ahead (pinned, copied to the GPU in a thread)
+    channels_last: bool = True            # model and inputs in channels_last on CUDA (tensor-core friendly)
+    compile: bool = False                 # torch.compile the model and SiMHand-W's distances
+    resource_wait_s: float = 300.0        # how long to wait for the cluster to offer the workers' resources
     checkpoint_every: int = 1000          # steps
     keep_checkpoints: int = 2
     log_every: int = 10                   # steps between ray.train.report / log lines (metrics kept every step)
@@ -315,6 +320,10 @@ class PretrainConfig:
             raise ValueError("epochs >= 1, max_steps >= 0, checkpoint_every >= 1, log_every >= 1 required")
         if self.interleave < 1 or self.max_unit_rows < 1 or self.augment_batch_size < 1:
             raise ValueError("interleave, max_unit_rows and augment_batch_size must be >= 1")
+        if self.neg_weight_min not in NEG_WEIGHT_MIN_MODES:
+            raise ValueError(f"neg_weight_min must be one of {NEG_WEIGHT_MIN_MODES}, not {self.neg_weight_min!r}")
+        if self.cpus_per_worker < 0 or self.resource_wait_s < 0:
+            raise ValueError("cpus_per_worker and resource_wait_s must be >= 0")
 
     @property
     def local_batch_size(self) -> int:
@@ -339,7 +348,7 @@ class PretrainConfig:
         """Settings that change the trained weights (hashed into checkpoints, checked on resume)."""
         d = asdict(self)
         for k in ("output", "num_workers", "use_gpu", "cpus_per_worker", "amp", "amp_dtype", "augment_batch_size",
-                  "prefetch_batches", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
+                  "prefetch_batches", "channels_last", "compile", "resource_wait_s", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
                   "resume", "stop_at_step", "fail_at_step"):
             d.pop(k)
         return d

@@ -212,17 +212,7 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         with fs.open_output_stream(path) as f:
             f.write(data)
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f"_tmp.{uuid.uuid4().hex}.{os.path.basename(path)}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _publish_local(path, data, os.replace)
 
 
 def create_if_absent(uri: str, data: bytes) -> bool:
@@ -232,6 +222,15 @@ def create_if_absent(uri: str, data: bytes) -> bool:
     fs, path = resolve(uri)
     if is_s3(uri):
         return _s3_put_if_absent(path, data)
+    try:
+        _publish_local(path, data, os.link)
+        return True
+    except FileExistsError:
+        return False
+
+
+def _publish_local(path: str, data: bytes, place) -> None:
+    """Write ``data`` to a synced temp file beside ``path``, then ``place(tmp, path)`` (replace or link)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = os.path.join(os.path.dirname(path), f"_tmp.{uuid.uuid4().hex}.{os.path.basename(path)}")
     try:
@@ -239,10 +238,7 @@ def create_if_absent(uri: str, data: bytes) -> bool:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
+        place(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

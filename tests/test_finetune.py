@@ -120,6 +120,9 @@ def test_finetune_resume_evaluate_report_end_to_end(ray_cluster, tmp_path, capsy
     summary = json.loads((ft_out / "finetune_summary.json").read_text())
     assert summary["steps"] == 9 and summary["arch"] == "resnet18" and np.isfinite(summary["final"]["loss"])
     assert (ft_out / "finetune_loss.png").stat().st_size > 1000
+    from test_pretrain import read_tensorboard     # TensorBoard's own reader: both submissions' 9 steps
+    scalars = read_tensorboard(str(ft_out))
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, 10)) and "train/loss_3d" in scalars
 
     ev_out = run / "eval"
     evaluate = load_job("evaluate")

@@ -34,8 +34,9 @@ def ref_weighted_nt_xent(z1, z2, pos_w=None, neg_w=None, tau=0.5):
     return total / (2 * n)
 
 
-def ref_weights(kp1, kp2):
-    """SiMHand-W weights by loops: mean-joint distances, (max - d) / (max - min), ties -> 1."""
+def ref_weights(kp1, kp2, include_self=False):
+    """SiMHand-W weights by loops: mean-joint distances, (max - d) / (max - min), ties -> 1; the negatives'
+    min over the off-diagonal distances, or with ``include_self`` over the whole matrix as SiMHand's code."""
     n, joints = len(kp1), len(kp1[0])
 
     def mjd(a, b):
@@ -46,7 +47,7 @@ def ref_weights(kp1, kp2):
     pos = [1.0 if hi == lo else (hi - d) / (hi - lo) for d in d_pos]
     allk = list(kp1) + list(kp2)
     d = [[mjd(allk[a], allk[b]) for b in range(2 * n)] for a in range(2 * n)]
-    off = [d[a][b] for a in range(2 * n) for b in range(2 * n) if a != b]
+    off = [d[a][b] for a in range(2 * n) for b in range(2 * n) if a != b or include_self]
     hi, lo = max(off), min(off)
     neg = [[1.0 if hi == lo else (hi - d[a][b]) / (hi - lo) for b in range(2 * n)] for a in range(2 * n)]
     return pos, neg
@@ -107,10 +108,11 @@ def test_simhand_is_peclr_on_the_positive_views():
     assert float(losses.simhand(p1, p2, a1, a2, s1, s2)) == pytest.approx(float(losses.peclr(p1, p2, a1, a2, s1, s2)))
 
 
-def test_simhand_w_matches_loop():
+@pytest.mark.parametrize("neg_min", losses.NEG_MIN_MODES)
+def test_simhand_w_matches_loop(neg_min):
     p1, p2, a1, a2, s1, s2, k1, k2 = _batch(seed=1)
-    got, extras = losses.simhand_w(p1, p2, a1, a2, s1, s2, k1, k2)
-    pos, neg = ref_weights(k1.numpy().tolist(), k2.numpy().tolist())
+    got, extras = losses.simhand_w(p1, p2, a1, a2, s1, s2, k1, k2, neg_min=neg_min)
+    pos, neg = ref_weights(k1.numpy().tolist(), k2.numpy().tolist(), include_self=neg_min == "reference")
     z1 = ref_equivariant(p1.numpy(), a1.numpy(), s1.numpy())
     z2 = ref_equivariant(p2.numpy(), a2.numpy(), s2.numpy())
     assert float(got) == pytest.approx(ref_weighted_nt_xent(z1, z2, pos, neg), rel=1e-5)
@@ -119,7 +121,7 @@ def test_simhand_w_matches_loop():
 
 def test_adaptive_weights_match_loop_and_range():
     *_, k1, k2 = _batch(n=5, seed=2)
-    pos, neg = losses.adaptive_weights(k1, k2)
+    pos, neg = losses.adaptive_weights(k1, k2, neg_min="exclude-self")
     rpos, rneg = ref_weights(k1.numpy().tolist(), k2.numpy().tolist())
     np.testing.assert_allclose(pos.numpy(), rpos, atol=1e-5)
     off = ~torch.eye(10, dtype=torch.bool)
@@ -134,13 +136,45 @@ def test_adaptive_weights_match_loop_and_range():
 
 def test_weights_ties_are_ones():
     kp = torch.rand(1, 21, 2).repeat(4, 1, 1) * 100
-    pos, neg = losses.adaptive_weights(kp, kp.clone())     # every distance is 0
+    for mode in losses.NEG_MIN_MODES:
+        pos, neg = losses.adaptive_weights(kp, kp.clone(), neg_min=mode)     # every distance is 0
+        assert torch.all(pos == 1) and torch.all(neg == 1)
+    pos, neg = losses.adaptive_weights(kp[:1], kp[:1] + 3.0, neg_min="exclude-self")  # one distance each way
     assert torch.all(pos == 1) and torch.all(neg == 1)
-    pos, neg = losses.adaptive_weights(kp[:1], kp[:1] + 3.0)  # one pair: one distance each way
-    assert torch.all(pos == 1) and torch.all(neg == 1)
+    # the reference's min is a self-distance (0): the one other sample is as far as the max, weight 0
+    pos, neg = losses.adaptive_weights(kp[:1], kp[:1] + 3.0)
+    assert torch.all(pos == 1) and torch.equal(neg, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     p1, p2, a1, a2, s1, s2, _, _ = _batch(n=4)
     loss, _ = losses.simhand_w(p1, p2, a1, a2, s1, s2, kp, kp.clone())
     assert float(loss) == pytest.approx(float(losses.peclr(p1, p2, a1, a2, s1, s2)), rel=1e-6)
+
+
+def test_reference_negative_weights_are_one_minus_distance_over_max():
+    """SiMHand's code: w- = (max - d) / (max - min) over the whole 2N x 2N matrix, whose diagonal (each
+    sample with itself) is 0, so w- = 1 - d / max; re-derived here with numpy broadcasting."""
+    *_, k1, k2 = _batch(n=6, seed=4)
+    _, neg = losses.adaptive_weights(k1, k2)
+    allk = np.concatenate([k1.numpy(), k2.numpy()]).astype(np.float64)
+    d = np.sqrt(((allk[:, None] - allk[None]) ** 2).sum(-1)).mean(-1)
+    assert np.allclose(np.diag(d), 0)
+    np.testing.assert_allclose(neg.numpy(), 1 - d / d.max(), atol=1e-5)
+    _, neg_ex = losses.adaptive_weights(k1, k2, neg_min="exclude-self")
+    off = ~np.eye(12, dtype=bool)
+    assert (neg.numpy()[off] <= neg_ex.numpy()[off] + 1e-6).all() and not np.allclose(neg.numpy(), neg_ex.numpy())
+
+
+@pytest.mark.parametrize("chunk", [1 << 27, 100])
+def test_mean_joint_distance_equals_a_loop(monkeypatch, chunk):
+    """The broadcast formulation (in one block, and in many) equals a loop over pairs and joints."""
+    monkeypatch.setattr(losses, "MJD_CHUNK_ELEMENTS", chunk)
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(7, 21, 2, generator=g) * 128, torch.rand(9, 21, 2, generator=g) * 128
+    got = losses.mean_joint_distance(a, b)
+    want = [[sum(math.dist(a[i, j].tolist(), b[k, j].tolist()) for j in range(21)) / 21 for k in range(9)]
+            for i in range(7)]
+    assert got.shape == (7, 9)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    assert losses.mean_joint_distance(a[:0], b).shape == (0, 9)
 
 
 @pytest.mark.parametrize("method", ["simclr", "peclr", "simhand", "simhand-w"])

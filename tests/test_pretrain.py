@@ -16,6 +16,7 @@ import warnings
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -172,6 +173,77 @@ def test_tiny_stream_on_ray_yields_every_planned_batch(ray_cluster, tmp_path):
     assert batches[0]["view1"].shape == (8, 3, 32, 32)
 
 
+def test_stream_runs_augmentation_tasks_side_by_side(ray_cluster, tmp_path):
+    """On 2 CPUs the stream runs two read+augment tasks at once (one item each), on two worker processes;
+    Ray's own task records (state API) say when each ran. Its rows are the planned ones, augmented."""
+    from ray.util.state import list_tasks
+
+    make_pairs(str(tmp_path), n=128, files=4, split=128)   # 4 row groups of 32 -> 2 items per epoch, 12 in all
+    index = data.index_pairs(str(tmp_path), max_unit_rows=2048)
+    # tasks of ~0.3 s: long enough that a second worker process has started before the first ran them all
+    cfg = PretrainConfig(batch_size=8, balance_sources=False, augment=AugmentConfig(size=192))
+    since_ms = time.time() * 1000
+    ds = data.build_dataset(cfg, index, 6)
+    rows = sum(len(b["view1"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+    assert rows == 6 * 128
+    deadline = time.monotonic() + 30
+    while True:  # task events reach the state API a little after the tasks end
+        tasks = [t for t in list_tasks(address=ray_cluster, filters=[("name", "=", "MapBatches(augment_items)")],
+                                       detail=True, limit=10_000, raise_on_missing_output=False)
+                 if t.state == "FINISHED" and t.start_time_ms and t.end_time_ms and t.start_time_ms >= since_ms]
+        if len(tasks) >= 12 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(tasks) >= 12, len(tasks)      # one task per item
+    spans = sorted((t.start_time_ms, t.end_time_ms, t.worker_pid) for t in tasks)
+    overlap = max(sum(1 for s, e, _ in spans if s <= t0 < e) for t0, _, _ in spans)
+    assert overlap >= 2 and len({pid for *_, pid in spans}) >= 2, spans
+
+
+def test_cluster_fit_names_the_flag_to_change():
+    from simhand_ray.train.resources import shortfall
+
+    def cfg(**kw):
+        return PretrainConfig(batch_size=8, **kw)
+
+    two = [{"CPU": 2.0}]
+    why = shortfall(cfg(num_workers=2), two)           # 2 workers x 1 CPU: nothing left for the stream
+    assert "--cpus-per-worker 0.5 or less" in why and "--num-workers" in why
+    assert shortfall(cfg(num_workers=2, cpus_per_worker=0.5), two) is None
+    assert shortfall(cfg(num_workers=1), two) is None
+    assert "need 2 GPU(s); the cluster has 0" in shortfall(cfg(num_workers=2, use_gpu=True), two)
+    gpu_node = [{"CPU": 16.0, "GPU": 1.0}, {"CPU": 16.0, "GPU": 1.0}]
+    assert shortfall(cfg(num_workers=2, use_gpu=True, cpus_per_worker=4), gpu_node) is None
+    # a worker's CPUs must sit on one node: two 1.5-CPU nodes hold no 2-CPU worker
+    assert "do not fit" in shortfall(cfg(num_workers=1, cpus_per_worker=2), [{"CPU": 1.5}, {"CPU": 1.5}])
+    # the stream's task needs a whole CPU on one node, not scraps spread over several
+    assert "leave no node with a whole CPU" in shortfall(cfg(num_workers=2, cpus_per_worker=1.5),
+                                                          [{"CPU": 2.0}, {"CPU": 2.0}])
+
+
+def test_two_workers_on_two_cpus_end_in_seconds_naming_the_flag(ray_cluster, local_pairs, tmp_path, caplog):
+    """The case that waited forever (0 rows after 16 minutes): refused before anything is written; with an
+    autoscaling wait, refused when the wait is over."""
+    import logging
+
+    import pretrain
+    from simhand_ray.train.resources import ClusterTooSmallError, ensure_fits
+
+    out = tmp_path / "pt"
+    args = ["--pairs", local_pairs, "--output", str(out), "--arch", "resnet18", "--num-workers", "2",
+            "--batch-size", "8", "--max-steps", "2", "--image-size", "32"]
+    t = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        assert pretrain.main(args) == 2
+    assert time.monotonic() - t < 60
+    assert "--cpus-per-worker 0.5 or less" in caplog.text, caplog.text
+    assert not out.exists() or not any(out.iterdir())
+    t = time.monotonic()
+    with pytest.raises(ClusterTooSmallError, match=r"after waiting 2 s \(--resource-wait\)"):
+        ensure_fits(PretrainConfig(batch_size=8, num_workers=2), wait_s=2)
+    assert time.monotonic() - t < 30
+
+
 # --- optimiser ---------------------------------------------------------------------------------------------
 def test_param_groups_exclude_bn_and_biases():
     from simhand_ray.train.model import ContrastiveModel
@@ -312,8 +384,7 @@ def test_pretrain_job_on_s3_two_workers_with_failure_and_resubmission(ray_cluste
     summary = storage.read_json(storage.join(out, "pretrain.json"))
     assert summary["status"] == "stopped" and summary["step"] == 4 and summary["trunk"] is None
     assert storage.exists(storage.join(out, "events", "injected-failure-00000003.json"))
-    with pytest.raises(ValueError, match="--resume"):
-        pretrain.main(args)
+    assert pretrain.main(args) == 2          # the output holds a run and --resume is not given
     if submit_job(ray_cluster, [sys.executable, "jobs/pretrain.py", *args, "--resume"]) is None:
         warnings.warn("the Ray job agent is unavailable: submission 2 runs in-process instead")
         assert pretrain.main(args + ["--resume"]) == 0
@@ -335,6 +406,42 @@ def test_pretrain_job_on_s3_two_workers_with_failure_and_resubmission(ray_cluste
     state = torch.load(io.BytesIO(storage.read_bytes(storage.join(out, "trunk.pt"))), weights_only=True)
     missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    # TensorBoard's own reader finds every step's loss in the event files copied to S3 (the restored
+    # attempts' purge_step drops what a failed attempt wrote past its checkpoint)
+    scalars = read_tensorboard(out)
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, 9))
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], losses, rtol=1e-5)
+    assert {"train/lr", "train/images_per_s", "train/data_wait_frac", "train/pos_weight"} <= set(scalars)
+
+    # A --resume with other settings is refused on the driver, in seconds, and leaves the output as it was.
+    before = snapshot(out)
+    t = time.monotonic()
+    assert pretrain.main(args + ["--resume", "--temperature", "0.2"]) == 2
+    assert time.monotonic() - t < 30
+    assert snapshot(out) == before
+
+
+def snapshot(output: str) -> dict:
+    """Every file under ``output`` with its size and modification time, and the bytes of the JSON files."""
+    fs, path = storage.resolve(output)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return {i.path: (i.size, i.mtime_ns, fs.open_input_stream(i.path).read() if i.path.endswith(".json") else b"")
+            for i in infos if i.type == pafs.FileType.File}
+
+
+def read_tensorboard(output: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of ``output/tensorboard`` as TensorBoard reads it (copied here first if on S3)."""
+    import tempfile
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with tempfile.TemporaryDirectory() as d:
+        for u in storage.list_files(storage.join(output, metrics.TENSORBOARD_DIR)):
+            with open(os.path.join(d, os.path.basename(u)), "wb") as f:
+                f.write(storage.read_bytes(u))
+        acc = EventAccumulator(d, size_guidance={"scalars": 0})
+        acc.Reload()
+        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 @pytest.mark.slow
@@ -358,3 +465,10 @@ def test_pretrain_job_beside_another_local_ray(ray_cluster, local_pairs, tmp_pat
     summary = storage.read_json(str(tmp_path / "pretrain" / "pretrain.json"))
     assert summary["status"] == "done" and summary["step"] == 4
     assert (tmp_path / "pretrain" / "trunk.pt").exists()
+    scalars = read_tensorboard(str(tmp_path / "pretrain"))
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4]
+    # the logged rate is the wall-clock rate of its interval: 4 steps of 16 images in at most the run's time
+    rows = metrics.read_metrics(str(tmp_path / "pretrain"))
+    assert all(r["images_per_s"] == rows[-1]["images_per_s"] for r in rows)   # one log interval
+    assert 0 <= rows[-1]["data_wait_frac"] <= 1 and 4 * 16 / rows[-1]["images_per_s"] == pytest.approx(
+        rows[-1]["interval_s"], rel=1e-6)

@@ -31,6 +31,7 @@ from simhand_ray.evaluate import preprocess
 from simhand_ray.evaluate.datasets import open_dataset, read_image
 from simhand_ray.evaluate.model import PoseNet, make_trunk, pose_loss
 from simhand_ray.safe_load import load_torch_file
+from simhand_ray.train.metrics import EventWriter
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ def train_loop(config: dict) -> None:
             log.info("resumed from %s at epoch %d, step %d", cfg.output, start_epoch, step)
     model = ray.train.torch.prepare_model(model)
     raw_model = model.module if hasattr(model, "module") else model
+    events = EventWriter(cfg.output, purge_step=step + 1 if ckpt is not None else None) if rank == 0 else None
     use_amp = cfg.amp and device.type == "cuda"
     shard = ray.train.get_dataset_shard("train")
 
@@ -225,6 +227,8 @@ def train_loop(config: dict) -> None:
             n += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
+            if events is not None:
+                events.scalars(step, {**parts, "lr": scheduler.get_last_lr()[0]})
             if step >= plan["total_steps"]:
                 break
         # an epoch cut short by max_steps is not counted as done: a resumed run repeats it
@@ -238,12 +242,15 @@ def train_loop(config: dict) -> None:
                 "lr_scheduler": scheduler.state_dict(), "epoch": epoch + 1 if complete else epoch, "step": step,
                 "arch": arch, "config": asdict(cfg), "config_hash": storage.config_hash(cfg.result_dict()),
                 "history": history})
+            events.scalars(step, {"epoch_seconds": metrics["seconds"]})
+            events.sync()
             log.info("epoch %d step %d loss %.4f (2d %.4f, 3d %.4f) %.1fs", epoch, step, metrics.get("loss", float("nan")),
                      metrics.get("loss_2d", float("nan")), metrics.get("loss_3d", float("nan")), metrics["seconds"])
         ray.train.report(metrics)
     if rank == 0:
         save_torch(storage.join(cfg.output, MODEL), {"model": raw_model.state_dict(), "arch": arch,
                                                      "config": asdict(cfg), "step": step, "history": history})
+        events.close()
 
 
 def plan_steps(num_records: int, cfg: FinetuneConfig) -> dict:

@@ -6,9 +6,10 @@ share of the augmented views. The global batch is split evenly over the workers;
 from every worker (``gather_distributed``). Mixed precision only on CUDA devices; the device always comes from
 ``ray.train.torch.get_device()``.
 
-Every step's metrics (loss, lr, images/s, data wait vs compute, weight and gradient norms) are kept; rank 0
-writes them as shards with each checkpoint, logs every ``log_every`` steps, and all ranks call
-``ray.train.report`` then (it is a barrier).
+Every step's metrics (loss, lr, weight and gradient norms, SiMHand-W weight means) are kept; rank 0 writes
+them as shards with each checkpoint and to TensorBoard, logs every ``log_every`` steps, and all ranks call
+``ray.train.report`` then (it is a barrier). Speed is measured per log interval with the device synchronised
+at its end (``IntervalTimer``): a GPU step's host time only measures kernel launches.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from simhand_ray import storage
 from simhand_ray.config import PretrainConfig, from_dict
 from simhand_ray.train import checkpoint, dist, metrics
 from simhand_ray.train.augment import normalize_imagenet
-from simhand_ray.train.losses import contrastive_loss
+from simhand_ray.train.losses import compile_distances, contrastive_loss
 from simhand_ray.train.model import ContrastiveModel
 from simhand_ray.train.optim import build_optimizer
 
@@ -43,11 +44,32 @@ class Plan:
 
 
 @dataclass
-class StepTimer:
-    """Wall time spent waiting for the next batch vs everything else, accumulated over a log interval."""
+class IntervalTimer:
+    """Wall-clock speed of one log interval. ``close`` runs after the device is synchronised, so images/s is
+    what the run really did, and data-wait is the share of that wall time the loop sat waiting for the next
+    batch (the rest is the step, reporting and checkpointing)."""
+    start: float | None = None
     data_s: float = 0.0
-    compute_s: float = 0.0
-    rows: list = field(default_factory=list)
+    steps: int = 0
+    rows: list = field(default_factory=list)    # per-step records not yet written to a metrics shard
+
+    def add(self, t_ask: float, t_got: float) -> None:
+        self.start = t_ask if self.start is None else self.start
+        self.data_s += t_got - t_ask
+        self.steps += 1
+
+    def close(self, images_per_step: int) -> dict:
+        now = time.perf_counter()
+        wall = max(now - (self.start if self.start is not None else now), 1e-9)
+        out = {"images_per_s": images_per_step * self.steps / wall, "data_wait_frac": min(1.0, self.data_s / wall),
+               "interval_s": wall}
+        self.start, self.data_s, self.steps = now, 0.0, 0
+        return out
+
+
+def channels_last(cfg: PretrainConfig, device: torch.device) -> bool:
+    """channels_last on CUDA only: cuDNN's tensor-core convolutions want it; on CPU it measured no faster."""
+    return cfg.channels_last and device.type == "cuda"
 
 
 def amp_settings(cfg: PretrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
@@ -60,6 +82,8 @@ def build_training(cfg: PretrainConfig, plan: Plan, device: torch.device):
     """(model on device, LARS(Adam), scheduler, GradScaler) for ``cfg``; the model is not yet DDP-wrapped."""
     torch.manual_seed(cfg.seed)
     model = ContrastiveModel(cfg.arch, cfg.proj_hidden, cfg.proj_dim).to(device)
+    if channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
     opt, sched = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.lars_eta, plan.warmup_steps, plan.total_steps)
     amp_on, dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_on and dtype == torch.float16)
@@ -86,10 +110,12 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: Pret
     amp_on, dtype = amp_settings(cfg, device)
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     x = normalize_imagenet(torch.cat((batch["view1"], batch["view2"])))
+    if channels_last(cfg, device):
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=amp_on):
         p = model(x)
     p1, p2 = p.float().chunk(2)
-    loss, extras = contrastive_loss(cfg.method, p1, p2, batch, cfg.temperature, gather)
+    loss, extras = contrastive_loss(cfg.method, p1, p2, batch, cfg.temperature, gather, cfg.neg_weight_min)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if scaler.is_enabled():
@@ -135,6 +161,9 @@ def _flush(pending: list[dict], device: torch.device) -> list[dict]:
     return rows
 
 
+TB_STEP_KEYS = ("loss", "lr", "weight_norm", "grad_norm", "pos_weight", "neg_weight")
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: ``config = {"cfg": asdict(PretrainConfig), "plan": asdict(Plan)}``."""
     import ray.train
@@ -166,16 +195,21 @@ def train_loop_per_worker(config: dict) -> None:
                 storage.join(cfg.output, EVENTS_DIR, f"restore-{step:08d}-{time.time_ns()}.json"),
                 {"step": step, "restored_digest": restored, "saved_digest": state["digest"]})
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
+        compile_distances()
     gather = cfg.gather_distributed and world > 1
     global_batch = cfg.local_batch_size * world
+    events = metrics.EventWriter(cfg.output, purge_step=step + 1 if ckpt is not None else None) if rank == 0 else None
 
     shard = ray.train.get_dataset_shard("train")
     batches = shard.iter_torch_batches(
         batch_size=cfg.local_batch_size, drop_last=True, prefetch_batches=cfg.prefetch_batches,
+        pin_memory=device.type == "cuda",   # Ray copies pinned batches to the device in its prefetch thread
         local_shuffle_buffer_size=cfg.shuffle_buffer or None,
         local_shuffle_seed=(cfg.seed + 1000 * rank + step) if cfg.shuffle_buffer else None)
     stop = min(plan.total_steps, cfg.stop_at_step) if cfg.stop_at_step else plan.total_steps
-    timer, pending, epoch = StepTimer(), [], 0
+    timer, pending, epoch = IntervalTimer(), [], 0
     last_saved = step if ckpt is not None else -1
     it = iter(batches)
     while step < stop:
@@ -186,46 +220,59 @@ def train_loop_per_worker(config: dict) -> None:
             log.error("the data stream ended at step %d of %d (the driver fails the run)", step, stop)
             break
         t1 = time.perf_counter()
+        timer.add(t0, t1)
         epoch = int(batch.pop("epoch")[0])
         out = train_step(ddp_model, batch, cfg, opt, sched, scaler, device, gather)
         step += 1
-        t2 = time.perf_counter()
-        timer.data_s += t1 - t0
-        timer.compute_s += t2 - t1
-        pending.append({"step": step, "epoch": epoch, "time": time.time(), "data_s": t1 - t0, "compute_s": t2 - t1,
-                        "images_per_s": 2 * global_batch / max(t2 - t0, 1e-9), **out})
+        pending.append({"step": step, "epoch": epoch, "time": time.time(), "data_s": t1 - t0,
+                        "host_s": time.perf_counter() - t1, **out})
         if cfg.fail_at_step and step == cfg.fail_at_step and rank == 0:
             _inject_failure_once(cfg.output, step)
         save_now = step % cfg.checkpoint_every == 0 or step == stop
         if save_now or step % cfg.log_every == 0:
-            rows = _flush(pending, device)
-            timer.rows.extend(rows)
+            report = _close_interval(pending, timer, device, 2 * global_batch, events)
             pending = []
-            last = rows[-1]
-            report = {**last, "restored_digest": restored or "",
-                      "data_wait_frac": timer.data_s / max(timer.data_s + timer.compute_s, 1e-9)}
+            report["restored_digest"] = restored or ""
             if rank == 0:
                 log.info("step %d/%d epoch %d loss %.4f lr %.2e %.0f img/s data-wait %.0f%%", step,
-                         plan.total_steps, epoch, last["loss"], last["lr"], last["images_per_s"],
+                         plan.total_steps, epoch, report["loss"], report["lr"], report["images_per_s"],
                          100 * report["data_wait_frac"])
-            timer.data_s = timer.compute_s = 0.0
             if save_now:
-                _save(cfg, model, opt, sched, scaler, step, epoch, global_batch, config_hash, report, timer, rank)
+                _save(cfg, model, opt, sched, scaler, step, epoch, global_batch, config_hash, report, timer, rank,
+                      events)
                 last_saved = step
             else:
                 ray.train.report(report)
     if last_saved != step:  # the stream ended early: keep what was trained
-        rows = _flush(pending, device)
-        timer.rows.extend(rows)
+        report = _close_interval(pending, timer, device, 2 * global_batch, events) if pending else {"step": step}
         _save(cfg, model, opt, sched, scaler, step, epoch, global_batch, config_hash,
-              {**(rows[-1] if rows else {"step": step}), "restored_digest": restored or ""}, timer, rank)
+              {**report, "restored_digest": restored or ""}, timer, rank, events)
     if rank == 0 and step >= plan.total_steps:
         uri = checkpoint.save_trunk(model, cfg.output)
         log.info("wrote %s", uri)
+    if events is not None:
+        events.close()
+
+
+def _close_interval(pending: list[dict], timer: IntervalTimer, device: torch.device, images_per_step: int,
+                    events: metrics.EventWriter | None) -> dict:
+    """End a log interval: sync, turn its steps into records (kept in ``timer.rows``), write TensorBoard
+    scalars; returns the last step's record with the interval's speed (what ``ray.train.report`` gets)."""
+    rows = _flush(pending, device)
+    speed = timer.close(images_per_step)
+    for r in rows:
+        r.update(speed)     # every step of an interval carries its wall-clock rate
+    timer.rows.extend(rows)
+    if events is not None:
+        for r in rows:
+            events.scalars(r["step"], {k: r.get(k) for k in TB_STEP_KEYS})
+        events.scalars(rows[-1]["step"], {k: speed[k] for k in ("images_per_s", "data_wait_frac")})
+    return dict(rows[-1])
 
 
 def _save(cfg: PretrainConfig, model, opt, sched, scaler, step: int, epoch: int, global_batch: int,
-          config_hash: str, report: dict, timer: StepTimer, rank: int) -> None:
+          config_hash: str, report: dict, timer: IntervalTimer, rank: int,
+          events: metrics.EventWriter | None) -> None:
     """Checkpoint through ``ray.train.report`` (rank 0 writes it), then the position pointer and metrics."""
     import ray.train
 
@@ -241,4 +288,5 @@ def _save(cfg: PretrainConfig, model, opt, sched, scaler, step: int, epoch: int,
     if rank == 0:
         checkpoint.write_position(cfg.output, {**meta, "checkpoint": checkpoint.dir_name(step)})
         metrics.write_shard(cfg.output, timer.rows)
+        events.sync()
     timer.rows = []

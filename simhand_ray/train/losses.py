@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from simhand_ray.config import NEG_WEIGHT_MIN_MODES
 from simhand_ray.train import dist
 from simhand_ray.train.model import equivariant_projection
 
@@ -93,15 +94,28 @@ def simhand(p1: torch.Tensor, p2: torch.Tensor, angle1: torch.Tensor, angle2: to
     return peclr(p1, p2, angle1, angle2, shift1, shift2, temperature, gather_distributed)
 
 
+#: Elements of the (rows, k, J, 2) difference tensor ``mean_joint_distance`` materialises at once (512 MiB).
+MJD_CHUNK_ELEMENTS = 1 << 27
+
+
+def compile_distances() -> None:
+    """Use a ``torch.compile``d ``mean_joint_distance`` from now on in this process (one fused kernel on GPU)."""
+    global _distances
+    _distances = torch.compile(mean_joint_distance, dynamic=False)
+
+
 def mean_joint_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise mean-per-joint Euclidean distance: a (m, J, 2), b (k, J, 2) -> (m, k).
 
-    Accumulated one joint at a time so memory stays (m, k) rather than (m, k, J).
+    One broadcast (rows, k, J, 2) difference per block of rows of ``a``, blocks sized to
+    ``MJD_CHUNK_ELEMENTS``: a handful of large kernels instead of a loop over joints (and no cdist, whose
+    exact mode is slow on GPU). ``torch.compile`` fuses it into one kernel (``--compile``).
     """
-    out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float32, device=a.device)
-    for j in range(a.shape[1]):
-        out += torch.cdist(a[:, j].float(), b[:, j].float(), compute_mode="donot_use_mm_for_euclid_dist")
-    return out / a.shape[1]
+    a, b = a.float(), b.float()
+    m, k = a.shape[0], b.shape[0]
+    rows = max(1, MJD_CHUNK_ELEMENTS // max(1, b.numel()))
+    parts = [torch.linalg.vector_norm(a[i:i + rows, None] - b[None], dim=-1).mean(dim=-1) for i in range(0, m, rows)]
+    return torch.cat(parts) if parts else a.new_zeros(0, k)
 
 
 def minmax_weights(d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -112,16 +126,24 @@ def minmax_weights(d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch
     return torch.where(tied, torch.ones_like(w), w)  # no host sync: stays on the device
 
 
+NEG_MIN_MODES = NEG_WEIGHT_MIN_MODES
+_distances = mean_joint_distance
+
+
 @torch.no_grad()
-def adaptive_weights(kp1: torch.Tensor, kp2: torch.Tensor,
-                     gather_distributed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def adaptive_weights(kp1: torch.Tensor, kp2: torch.Tensor, gather_distributed: bool = False,
+                     neg_min: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
     """SiMHand-W's weights from the two views' augmented keypoints (SPEC §3).
 
     kp1, kp2 (n, 21, 2) in view pixels. Positive weight of pair i from d_i = mean-joint distance between its
     two views, min-max normalised over the (global) batch; negative weight of (a, b) likewise from the
-    mean-joint distance between samples a and b over all 2N samples (self-pairs excluded from the min/max).
+    mean-joint distance between samples a and b over all 2N samples. ``neg_min``: where the negatives' min
+    comes from. "reference" (SiMHand's code): the whole matrix, its zero self-distances included, so the
+    min is 0 and w- = 1 - d / max; "exclude-self": the off-diagonal distances only.
     Returns pos (n,), neg (2n, 2N) (rows: this rank's anchors; columns in ``weighted_nt_xent``'s order).
     """
+    if neg_min not in NEG_MIN_MODES:
+        raise ValueError(f"neg_min must be one of {NEG_MIN_MODES}, not {neg_min!r}")
     n = kp1.shape[0]
     d_pos = torch.linalg.vector_norm(kp1.float() - kp2.float(), dim=-1).mean(dim=1)
     lo, hi = d_pos.min(), d_pos.max()
@@ -131,11 +153,11 @@ def adaptive_weights(kp1: torch.Tensor, kp2: torch.Tensor,
 
     local = torch.cat((kp1, kp2))
     everyone = _gathered(kp1, kp2, gather_distributed)
-    d_neg = mean_joint_distance(local, everyone)              # (2n, 2N)
+    d_neg = _distances(local, everyone)                       # (2n, 2N)
     rows = (_global_index(n)[0] if gather_distributed else torch.arange(2 * n)).to(d_neg.device)
     self_mask = torch.zeros_like(d_neg, dtype=torch.bool)
     self_mask[torch.arange(2 * n, device=d_neg.device), rows] = True
-    lo = d_neg.masked_fill(self_mask, float("inf")).min()
+    lo = d_neg.min() if neg_min == "reference" else d_neg.masked_fill(self_mask, float("inf")).min()
     hi = d_neg.masked_fill(self_mask, float("-inf")).max()
     if gather_distributed:
         lo, hi = dist.all_reduce(lo, "min"), dist.all_reduce(hi, "max")
@@ -145,17 +167,18 @@ def adaptive_weights(kp1: torch.Tensor, kp2: torch.Tensor,
 
 def simhand_w(p1: torch.Tensor, p2: torch.Tensor, angle1: torch.Tensor, angle2: torch.Tensor, shift1: torch.Tensor,
               shift2: torch.Tensor, kp1: torch.Tensor, kp2: torch.Tensor, temperature: float = 0.5,
-              gather_distributed: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              gather_distributed: bool = False,
+              neg_min: str = "reference") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """SiMHand-W: weighted NT-Xent on equivariant projections. Returns (loss, {pos_weight, neg_weight} means)."""
-    pos_w, neg_w = adaptive_weights(kp1, kp2, gather_distributed)
+    pos_w, neg_w = adaptive_weights(kp1, kp2, gather_distributed, neg_min)
     loss = weighted_nt_xent(equivariant_projection(p1, angle1, shift1), equivariant_projection(p2, angle2, shift2),
                             pos_w, neg_w, temperature, gather_distributed)
     return loss, {"pos_weight": pos_w.mean(), "neg_weight": neg_w.mean()}
 
 
 def contrastive_loss(method: str, p1: torch.Tensor, p2: torch.Tensor, batch: dict[str, torch.Tensor],
-                     temperature: float = 0.5,
-                     gather_distributed: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     temperature: float = 0.5, gather_distributed: bool = False,
+                     neg_min: str = "reference") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Dispatch on the method name; ``batch`` holds angle1/2, shift1/2, keypoints1/2 (``augment.VIEW_COLUMNS``)."""
     if method == "simclr":
         return nt_xent(p1, p2, temperature, gather_distributed), {}
@@ -165,5 +188,5 @@ def contrastive_loss(method: str, p1: torch.Tensor, p2: torch.Tensor, batch: dic
     if method == "simhand":
         return simhand(*args, temperature, gather_distributed), {}
     if method == "simhand-w":
-        return simhand_w(*args, batch["keypoints1"], batch["keypoints2"], temperature, gather_distributed)
+        return simhand_w(*args, batch["keypoints1"], batch["keypoints2"], temperature, gather_distributed, neg_min)
     raise ValueError(f"unknown method {method!r}")

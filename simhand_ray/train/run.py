@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 
 from simhand_ray import storage
 from simhand_ray.config import PretrainConfig, from_dict
-from simhand_ray.train import checkpoint, data, metrics
+from simhand_ray.train import checkpoint, data, metrics, resources
 from simhand_ray.train.loop import Plan, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,32 @@ def plan_run(cfg: PretrainConfig, num_rows: int) -> Plan:
     return Plan(per_epoch, total, warmup, data.stream_epochs(total, cfg.batch_size, num_rows), num_rows)
 
 
-def run_pretrain(cfg: PretrainConfig) -> dict:
-    """Train ``cfg.method`` on ``cfg.pairs`` into ``cfg.output``; returns a summary (also in pretrain.json)."""
+def check_resumable(cfg: PretrainConfig, previous: dict | None, config_hash: str) -> None:
+    """Refuse, before anything is written or started, an output that holds another run (or any run without
+    ``--resume``); the message names the settings that differ."""
+    if previous is None:
+        return
+    if not cfg.resume:
+        raise ValueError(f"{cfg.output} already holds a run (step {previous['step']}): pass --resume to "
+                         "continue it, or choose another output")
+    if previous.get("config_hash") == config_hash:
+        return
+    manifest = storage.join(cfg.output, MANIFEST)
+    before = storage.read_json(manifest).get("config", {}) if storage.exists(manifest) else {}
+    now = asdict(cfg)
+    changed = sorted(k for k in cfg.result_dict() if k in before and before[k] != now[k])
+    detail = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed) or "settings of an older version"
+    raise ValueError(f"--resume: {cfg.output} holds a run with other settings ({detail}); resume it with its "
+                     "own settings, or choose another output. Nothing was changed.")
+
+
+def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> dict:
+    """Train ``cfg.method`` on ``cfg.pairs`` into ``cfg.output``; returns a summary (also in pretrain.json).
+
+    Everything that can refuse the run (paths, an earlier run in the output, the pairs, the cluster's size)
+    is checked before the first byte is written. ``resource_wait_s``: how long an autoscaling cluster may take
+    to offer the resources (default ``cfg.resource_wait_s``; 0 for a local Ray, which cannot grow).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -75,14 +99,13 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     cfg = replace(cfg, pairs=storage.absolute(cfg.pairs), output=storage.absolute(cfg.output))
     storage.check_readable(cfg.pairs)
     storage.check_writable(cfg.output)
+    config_hash = storage.config_hash(cfg.result_dict())
     previous = checkpoint.read_position(cfg.output)
-    if previous and not cfg.resume:
-        raise ValueError(f"{cfg.output} already holds a run (step {previous['step']}): pass --resume to "
-                         "continue it, or choose another output")
+    check_resumable(cfg, previous, config_hash)
     index = data.index_pairs(cfg.pairs, cfg.max_unit_rows)
     plan = plan_run(cfg, index.num_rows)
     weights = data.source_weights(index, cfg.balance_sources)
-    config_hash = storage.config_hash(cfg.result_dict())
+    resources.ensure_fits(cfg, cfg.resource_wait_s if resource_wait_s is None else resource_wait_s)
     log.info("%s on %d pairs (%s): %d steps of %d (%d/epoch, warm-up %d), %d worker(s)%s", cfg.method,
              index.num_rows, index.source_counts(), plan.total_steps, cfg.batch_size, plan.steps_per_epoch,
              plan.warmup_steps, cfg.num_workers, f", resuming from step {previous['step']}" if previous else "")
@@ -91,13 +114,13 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
                 "sampling_weights": {s: float(w) for s, w in zip(index.sources, weights)}, "status": "running"}
     storage.write_json_atomic(storage.join(cfg.output, MANIFEST), manifest)
 
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     storage_path, fs = checkpoint.run_storage(cfg.output)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": asdict(cfg), "plan": asdict(plan)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=checkpoint.RUN_NAME, storage_path=storage_path, storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
