@@ -291,6 +291,7 @@ class PretrainConfig:
     max_unit_rows: int = 256              # rows per input unit (a row group, split if larger): one stream task
                                           # reads interleave x this many rows (the pairs stage writes 256-row groups)
     augment_batch_size: int = 32          # rows per augmentation call in Ray Data
+    items_per_task: int = 4               # stream work items per Ray Data task (a task costs ~0.2 s to hand over)
     shuffle_buffer: int = 0               # rows of the worker-side local shuffle buffer (0 = off)
     prefetch_batches: int = 2             # batches each worker fetches ahead (pinned, copied to the GPU in a thread)
     channels_last: bool = True            # model and inputs in channels_last on CUDA (tensor-core friendly)
@@ -318,8 +319,8 @@ class PretrainConfig:
             raise ValueError("amp_dtype must be bfloat16 or float16")
         if self.epochs < 1 or self.max_steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("epochs >= 1, max_steps >= 0, checkpoint_every >= 1, log_every >= 1 required")
-        if self.interleave < 1 or self.max_unit_rows < 1 or self.augment_batch_size < 1:
-            raise ValueError("interleave, max_unit_rows and augment_batch_size must be >= 1")
+        if min(self.interleave, self.max_unit_rows, self.augment_batch_size, self.items_per_task) < 1:
+            raise ValueError("interleave, max_unit_rows, augment_batch_size and items_per_task must be >= 1")
         if self.neg_weight_min not in NEG_WEIGHT_MIN_MODES:
             raise ValueError(f"neg_weight_min must be one of {NEG_WEIGHT_MIN_MODES}, not {self.neg_weight_min!r}")
         if self.cpus_per_worker < 0 or self.resource_wait_s < 0:
@@ -348,7 +349,7 @@ class PretrainConfig:
         """Settings that change the trained weights (hashed into checkpoints, checked on resume)."""
         d = asdict(self)
         for k in ("output", "num_workers", "use_gpu", "cpus_per_worker", "amp", "amp_dtype", "augment_batch_size",
-                  "prefetch_batches", "channels_last", "compile", "resource_wait_s", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
+                  "prefetch_batches", "items_per_task", "channels_last", "compile", "resource_wait_s", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
                   "resume", "stop_at_step", "fail_at_step"):
             d.pop(k)
         return d

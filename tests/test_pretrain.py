@@ -181,7 +181,7 @@ def test_stream_runs_augmentation_tasks_side_by_side(ray_cluster, tmp_path):
     make_pairs(str(tmp_path), n=128, files=4, split=128)   # 4 row groups of 32 -> 2 items per epoch, 12 in all
     index = data.index_pairs(str(tmp_path), max_unit_rows=2048)
     # tasks of ~0.3 s: long enough that a second worker process has started before the first ran them all
-    cfg = PretrainConfig(batch_size=8, balance_sources=False, augment=AugmentConfig(size=192))
+    cfg = PretrainConfig(batch_size=8, balance_sources=False, items_per_task=1, augment=AugmentConfig(size=192))
     since_ms = time.time() * 1000
     ds = data.build_dataset(cfg, index, 6)
     rows = sum(len(b["view1"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))

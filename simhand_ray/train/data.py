@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 _UNIT, _ITEM, _ORDER = 0, 1, 2  # seed domains
 MAX_BLOCKS = 4096
+#: Output block size of the stream: ~160 views of 128 px. Small blocks leave a task as it makes them, so the
+#: first batch comes after a fraction of a task and the consumer is fed evenly (2-core machine: first batch
+#: 0.75 s instead of 5.5 s with Ray Data's 128 MiB, 1022 vs 871 pairs/s over a round).
+STREAM_BLOCK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -287,10 +291,12 @@ def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start
                   total_samples: int = 0):
     """The Ray Dataset of augmented views (``augment.VIEW_COLUMNS``) from ``start_samples`` on.
 
-    One operator, one work item per task (read + augment together): the stream runs as many tasks at once
-    as Ray Data has CPUs, each a few hundred rows (``interleave`` x ``max_unit_rows``), and a task's output
-    leaves it item by item. (A separate read operator would hold CPU reservations of its own that starve the
-    augmentation on small nodes; a fused read -> augment pair bundles ``batch_size`` *items* per task.)
+    One operator reads and augments ``items_per_task`` work items per task (an item: ``interleave`` row groups
+    of a few hundred rows each): the stream runs as many tasks at once as Ray Data has CPUs, and a task's
+    output leaves it as it is made. A task costs ~0.2 s between tasks on a worker (measured on 2 cores), so a
+    task is a few seconds of work. (A separate read operator would hold CPU reservations of its own that
+    starve the augmentation on small nodes; a fused read -> augment pair bundled ``batch_size`` *items* per
+    task: one task ran on a 16-core node.)
 
     ``total_samples`` (steps x global batch of the whole run): the stream is planned to hold at least the
     rows still needed plus one global batch of slack for the equal split over workers and ``drop_last``.
@@ -304,12 +310,15 @@ def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start
         log.info("the pairs stream needs %d epochs (planned %d) to hold %d rows", epochs, num_epochs, min_rows)
     if not items:  # a finished run resubmitted: an item that emits nothing keeps the pipeline well-formed
         items = [{"epoch": num_epochs - 1, "item": 0, "units": [0], "skip": 2 ** 62}]
-    if len(items) > MAX_BLOCKS:
+    blocks = min(math.ceil(len(items) / cfg.items_per_task), MAX_BLOCKS)
+    if blocks == MAX_BLOCKS:
         log.info("the pairs stream holds %d items: %d per task (MAX_BLOCKS %d)", len(items),
                  math.ceil(len(items) / MAX_BLOCKS), MAX_BLOCKS)
-    # One item per block, so one per task (past MAX_BLOCKS a block holds a few, run one after the other).
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
-    return ds.map_batches(augment_items, batch_size=None, batch_format="numpy",
-                          fn_kwargs={"index": index, "weights": weights, "seed": cfg.seed,
-                                     "uses_positive": cfg.uses_positive, "cfg": cfg.augment,
-                                     "fixed_views": cfg.fixed_views, "chunk_rows": cfg.augment_batch_size})
+    # A block of items is a task's input (its items run one after the other).
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(augment_items, batch_size=None, batch_format="numpy",
+                        fn_kwargs={"index": index, "weights": weights, "seed": cfg.seed,
+                                   "uses_positive": cfg.uses_positive, "cfg": cfg.augment,
+                                   "fixed_views": cfg.fixed_views, "chunk_rows": cfg.augment_batch_size})
+    ds.context.target_max_block_size = STREAM_BLOCK_BYTES     # this dataset's own copy of the context
+    return ds
