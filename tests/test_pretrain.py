@@ -106,6 +106,14 @@ def test_plan_resumes_at_the_consumed_position(local_pairs):
         assert _stream_rows(index, w, seed=3, interleave=2, epochs=3, start=start) == full[start:]
 
 
+def test_a_corrupt_pairs_file_is_named(tmp_path):
+    make_pairs(str(tmp_path), n=8, files=2)
+    bad = tmp_path / "part-00001.parquet"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])     # truncated: the footer is gone
+    with pytest.raises(ValueError, match="part-00001.parquet"):
+        data.index_pairs(str(tmp_path), max_unit_rows=2048)
+
+
 def test_read_unit_chunks_a_large_row_group(tmp_path):
     table = pa.table({"anchor_id": [f"a{i}" for i in range(10)], "source": ["s"] * 10})
     pq.write_table(table, tmp_path / "one.parquet", row_group_size=10)
