@@ -6,6 +6,7 @@ The pairs are real JPEG crops of the sample images (schema.PAIRS) with hand-shap
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -181,29 +182,44 @@ def test_tiny_stream_on_ray_yields_every_planned_batch(ray_cluster, tmp_path):
     assert batches[0]["view1"].shape == (8, 3, 32, 32)
 
 
-def test_stream_runs_augmentation_tasks_side_by_side(ray_cluster, tmp_path):
-    """On 2 CPUs the stream runs two read+augment tasks at once (one item each), on two worker processes;
-    Ray's own task records (state API) say when each ran. Its rows are the planned ones, augmented."""
-    from ray.util.state import list_tasks
+STREAM_PROBE = """
+import json, os, sys, time
+sys.path[:0] = sys.argv[3:]
+import ray
+from simhand_ray.config import AugmentConfig, PretrainConfig
+from simhand_ray.train import data
 
-    make_pairs(str(tmp_path), n=128, files=4, split=128)   # 4 row groups of 32 -> 2 items per epoch, 12 in all
-    index = data.index_pairs(str(tmp_path), max_unit_rows=2048)
-    # tasks of ~0.3 s: long enough that a second worker process has started before the first ran them all
-    cfg = PretrainConfig(batch_size=8, balance_sources=False, items_per_task=1, augment=AugmentConfig(size=192))
-    since_ms = time.time() * 1000
-    ds = data.build_dataset(cfg, index, 6)
-    rows = sum(len(b["view1"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
-    assert rows == 6 * 128
-    deadline = time.monotonic() + 30
-    while True:  # task events reach the state API a little after the tasks end
-        tasks = [t for t in list_tasks(address=ray_cluster, filters=[("name", "=", "MapBatches(augment_items)")],
-                                       detail=True, limit=10_000, raise_on_missing_output=False)
-                 if t.state == "FINISHED" and t.start_time_ms and t.end_time_ms and t.start_time_ms >= since_ms]
-        if len(tasks) >= 12 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert len(tasks) >= 12, len(tasks)      # one task per item
-    spans = sorted((t.start_time_ms, t.end_time_ms, t.worker_pid) for t in tasks)
+real, LOG = data.augment_items, sys.argv[2]
+
+def timed(batch, **kw):      # the stream's own task function, with its start and end written down
+    t0 = time.time()
+    yield from real(batch, **kw)
+    with open(LOG, "a") as f:
+        f.write(json.dumps([os.getpid(), t0, time.time()]) + "\\n")
+
+data.augment_items = timed
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+index = data.index_pairs(sys.argv[1], max_unit_rows=2048)
+cfg = PretrainConfig(batch_size=8, balance_sources=False, items_per_task=1, augment=AugmentConfig(size=256))
+list(data.build_dataset(cfg, index, 1).iter_batches(batch_size=None))     # starts the workers
+open(sys.argv[2], "w").close()
+rows = sum(len(b["view1"]) for b in data.build_dataset(cfg, index, 6).iter_batches(batch_size=None))
+print(json.dumps({"rows": rows}))
+"""
+
+
+def test_stream_runs_augmentation_tasks_side_by_side(tmp_path):
+    """On a Ray of 2 CPUs of its own, the stream runs two read+augment tasks at once (one item each here),
+    on two worker processes. (The tasks of a whole run went into one before: `Tasks: 1` on a 16-core node.)"""
+    make_pairs(str(tmp_path / "pairs"), n=256, files=4, split=256)   # 64-row groups -> 2 items per epoch
+    log = tmp_path / "tasks.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run([sys.executable, "-c", STREAM_PROBE, str(tmp_path / "pairs"), str(log), str(REPO)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["rows"] == 6 * 256
+    spans = sorted((t0, t1, pid) for pid, t0, t1 in (json.loads(line) for line in log.read_text().splitlines()))
+    assert len(spans) == 12                                             # one task per item
     overlap = max(sum(1 for s, e, _ in spans if s <= t0 < e) for t0, _, _ in spans)
     assert overlap >= 2 and len({pid for *_, pid in spans}) >= 2, spans
 
