@@ -156,7 +156,7 @@ def _flush(pending: list[dict], device: torch.device) -> list[dict]:
     rows = []
     for i, r in enumerate(pending):
         row = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in r.items()}
-        row["loss"] = float(losses[i])
+        row["loss"], row["epoch"] = float(losses[i]), int(row["epoch"])
         rows.append(row)
     return rows
 
@@ -221,17 +221,17 @@ def train_loop_per_worker(config: dict) -> None:
             break
         t1 = time.perf_counter()
         timer.add(t0, t1)
-        epoch = int(batch.pop("epoch")[0])
+        epoch_t = batch.pop("epoch")[0]     # on the device: read at the interval's sync, not per step
         out = train_step(ddp_model, batch, cfg, opt, sched, scaler, device, gather)
         step += 1
-        pending.append({"step": step, "epoch": epoch, "time": time.time(), "data_s": t1 - t0,
+        pending.append({"step": step, "epoch": epoch_t, "time": time.time(), "data_s": t1 - t0,
                         "host_s": time.perf_counter() - t1, **out})
         if cfg.fail_at_step and step == cfg.fail_at_step and rank == 0:
             _inject_failure_once(cfg.output, step)
         save_now = step % cfg.checkpoint_every == 0 or step == stop
         if save_now or step % cfg.log_every == 0:
             report = _close_interval(pending, timer, device, 2 * global_batch, events)
-            pending = []
+            pending, epoch = [], report["epoch"]
             report["restored_digest"] = restored or ""
             if rank == 0:
                 log.info("step %d/%d epoch %d loss %.4f lr %.2e %.0f img/s data-wait %.0f%%", step,
@@ -245,6 +245,7 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(report)
     if last_saved != step:  # the stream ended early: keep what was trained
         report = _close_interval(pending, timer, device, 2 * global_batch, events) if pending else {"step": step}
+        epoch = report.get("epoch", epoch)
         _save(cfg, model, opt, sched, scaler, step, epoch, global_batch, config_hash,
               {**report, "restored_digest": restored or ""}, timer, rank, events)
     if rank == 0 and step >= plan.total_steps:
