@@ -146,7 +146,7 @@ def main(argv=None) -> int:
 
     pairs = os.path.join(a.out, "pairs")
     t = time.perf_counter()
-    make_pairs(pairs, rows=24_576 if not a.tiny else 512, unique=2048 if not a.tiny else 64)
+    make_pairs(pairs, rows=24_576 if not a.tiny else 512, unique=1024 if not a.tiny else 64)
     fig["make_pairs_s"] = time.perf_counter() - t
     print(f"[{card}] pairs made in {fig['make_pairs_s']:.0f} s", flush=True)
 
