@@ -55,7 +55,7 @@ def step_rate(cfg, device: torch.device, steps: int, warmup: int) -> float:
     """images/s of ``train_step`` on one cached augmented batch, synchronised."""
     from simhand_ray.train import data
     from simhand_ray.train.augment import augment_batch
-    from simhand_ray.train.loop import Plan, build_training, train_step
+    from simhand_ray.train.loop import Plan, build_training, maybe_compile, train_step
 
     rows = data.read_all(data.index_pairs(cfg.pairs, cfg.max_unit_rows), cfg.uses_positive, cfg.seed)
     idx = np.arange(cfg.batch_size) % len(rows["row_key"])
@@ -63,11 +63,7 @@ def step_rate(cfg, device: torch.device, steps: int, warmup: int) -> float:
                           cfg=cfg.augment)
     batch = {k: torch.from_numpy(v).to(device) for k, v in views.items() if k != "epoch"}
     model, opt, sched, scaler = build_training(cfg, Plan(1, steps + warmup, 0, 1, cfg.batch_size), device)
-    if cfg.compile:
-        from simhand_ray.train.losses import compile_distances
-
-        model = torch.compile(model)
-        compile_distances()
+    model = maybe_compile(model, cfg)
     for i in range(warmup + steps):
         if i == warmup:
             sync(device)

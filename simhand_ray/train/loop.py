@@ -72,6 +72,14 @@ def channels_last(cfg: PretrainConfig, device: torch.device) -> bool:
     return cfg.channels_last and device.type == "cuda"
 
 
+def maybe_compile(model: torch.nn.Module, cfg: PretrainConfig) -> torch.nn.Module:
+    """``--compile``: the model (DDP-wrapped or not) and SiMHand-W's distances through ``torch.compile``."""
+    if not cfg.compile:
+        return model
+    compile_distances()
+    return torch.compile(model)
+
+
 def amp_settings(cfg: PretrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
     """Mixed precision on CUDA only (CPU autocast is slower than float32 for these convolutions)."""
     dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
@@ -195,9 +203,7 @@ def train_loop_per_worker(config: dict) -> None:
                 storage.join(cfg.output, EVENTS_DIR, f"restore-{step:08d}-{time.time_ns()}.json"),
                 {"step": step, "restored_digest": restored, "saved_digest": state["digest"]})
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
-    if cfg.compile:
-        ddp_model = torch.compile(ddp_model)
-        compile_distances()
+    ddp_model = maybe_compile(ddp_model, cfg)
     gather = cfg.gather_distributed and world > 1
     global_batch = cfg.local_batch_size * world
     events = metrics.EventWriter(cfg.output, purge_step=step + 1 if ckpt is not None else None) if rank == 0 else None

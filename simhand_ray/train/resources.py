@@ -23,6 +23,11 @@ class ClusterTooSmallError(RuntimeError):
     """The cluster cannot hold the training workers and the data stream (the message names the flags)."""
 
 
+def worker_bundle(cfg: PretrainConfig) -> dict[str, float]:
+    """The resources of one training worker (Ray Train's ``resources_per_worker``)."""
+    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+
+
 def place_workers(cfg: PretrainConfig, nodes: list[dict]) -> tuple[int, list[float]]:
     """Pack the workers onto ``nodes`` ({"CPU", "GPU"} totals each), fullest GPU nodes first.
 
@@ -81,8 +86,7 @@ def ensure_fits(cfg: PretrainConfig, wait_s: float) -> None:
         raise ClusterTooSmallError(why)
     from ray.autoscaler.sdk import request_resources
 
-    worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-    request_resources(bundles=[worker] * cfg.num_workers + [{"CPU": DATA_TASK_CPUS}])
+    request_resources(bundles=[worker_bundle(cfg)] * cfg.num_workers + [{"CPU": DATA_TASK_CPUS}])
     log.info("the cluster is too small yet (%s); asked the autoscaler for the nodes, waiting up to %.0f s "
              "(--resource-wait)", why, wait_s)
     deadline = time.monotonic() + wait_s

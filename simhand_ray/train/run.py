@@ -114,13 +114,12 @@ def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> d
                 "sampling_weights": {s: float(w) for s, w in zip(index.sources, weights)}, "status": "running"}
     storage.write_json_atomic(storage.join(cfg.output, MANIFEST), manifest)
 
-    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     storage_path, fs = checkpoint.run_storage(cfg.output)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": asdict(cfg), "plan": asdict(plan)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=per_worker),
+                                               resources_per_worker=resources.worker_bundle(cfg)),
         run_config=ray.train.RunConfig(
             name=checkpoint.RUN_NAME, storage_path=storage_path, storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
