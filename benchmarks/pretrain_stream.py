@@ -13,19 +13,12 @@ Last line: ``stream_ratio=R`` with R = stream pairs/s / (N x single-process pair
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-
-import numpy as np  # noqa: E402
+import numpy as np
+from harness import bench_parser, local_ray, write_result
 
 
 def plain_rate(rows: dict, cfg, seconds: float) -> float:
@@ -60,7 +53,7 @@ def stream_rate(cfg, index, epochs: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--pairs", default="", help="pairs dataset (default: --rows pairs made from the sample images)")
     p.add_argument("--rows", type=int, default=2048, help="pairs made when --pairs is not given")
     p.add_argument("--epochs", type=int, default=8, help="passes over the pairs per stream round")
@@ -70,10 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="N: CPUs of the local Ray")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--plain-seconds", type=float, default=6.0, help="length of one plain round")
-    p.add_argument("--json", default="", help="also write the figures here")
     a = p.parse_args(argv)
-
-    import ray
 
     from simhand_ray.config import AugmentConfig, PretrainConfig
     from simhand_ray.train import data
@@ -90,11 +80,8 @@ def main(argv=None) -> int:
                          augment=AugmentConfig(size=a.image_size), **extra)
     index = data.index_pairs(pairs, cfg.max_unit_rows)
     rows = data.read_all(index, cfg.uses_positive, cfg.seed)
-    t = time.perf_counter()
-    ray.init(num_cpus=a.num_cpus, include_dashboard=False, logging_level="WARNING")
-    ray_start = time.perf_counter() - t
     plain, stream = [], []
-    try:
+    with local_ray(a.num_cpus) as ray_start:
         warm = stream_rate(cfg, index, 1)
         print(f"warm-up stream round (workers start): {warm['pairs_per_s']:.0f} pairs/s, not counted", flush=True)
         for r in range(a.rounds):
@@ -104,8 +91,6 @@ def main(argv=None) -> int:
             print(f"round {r}: plain {plain[-1]:.0f} pairs/s, stream {st['pairs_per_s']:.0f} pairs/s steady, "
                   f"{st['whole_round_pairs_per_s']:.0f} over the whole round ({st['rows']} pairs in "
                   f"{st['wall_s']:.1f} s, first batch after {st['first_batch_s']:.1f} s)", flush=True)
-    finally:
-        ray.shutdown()
     best_plain, best_stream = max(plain), max(s["pairs_per_s"] for s in stream)
     best_whole = max(s["whole_round_pairs_per_s"] for s in stream)
     ratio = best_stream / (a.num_cpus * best_plain)
@@ -116,10 +101,7 @@ def main(argv=None) -> int:
     print(f"N = {a.num_cpus}: one process {best_plain:.0f} pairs/s, N x that {a.num_cpus * best_plain:.0f}, "
           f"stream {best_stream:.0f} pairs/s steady ({best_whole:.0f} over a whole round: "
           f"{figures['whole_round_ratio']:.3f} of N x one process; Ray start-up {ray_start:.1f} s, not counted)")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(figures, f, indent=2)
-    print(f"stream_ratio={ratio:.3f}")
+    write_result(figures, a.json, ("stream_ratio", ratio))
     return 0
 
 

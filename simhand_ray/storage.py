@@ -164,6 +164,15 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None, recursive: boo
                   if f.type == pafs.FileType.File and _listed(f.base_name, suffixes))
 
 
+def list_parts(uri: str, suffixes: tuple[str, ...] = (".parquet",)) -> list[str]:
+    """The data files of a dataset folder, sorted: as ``list_files``, but skipping every name (file or folder)
+    that starts with ``_`` or ``.``, as pandas, pyarrow.dataset, Ray Data and DuckDB do (``_manifest.json``,
+    side tables)."""
+    root = str(uri).rstrip("/")
+    return [f for f in list_files(uri, suffixes)
+            if not any(part.startswith(("_", ".")) for part in f[len(root):].strip("/").split("/"))]
+
+
 def identity(uri: str) -> str:
     """What makes two URIs the same file: the resolved real path locally (symlinks, ``..``, relative
     paths), the URI itself on S3."""
