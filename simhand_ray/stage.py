@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from simhand_ray import storage
 
@@ -83,7 +83,7 @@ class StageManifest:
         return self.record.get("summary")
 
     @classmethod
-    def open(cls, folder: str, stage: str, settings: dict, info: dict | None = None) -> "StageManifest":
+    def open(cls, folder: str, stage: str, settings: dict, info: dict | None = None) -> StageManifest:
         """Open ``folder`` for ``stage`` with ``settings`` (the JSON-able settings that shape the output).
 
         Absent: stamped now (status "running", plus ``info``). Present with the same hash: returned as it
@@ -113,7 +113,7 @@ class StageManifest:
         return cls(folder, old, existed=True)
 
     @classmethod
-    def read(cls, folder: str, stage: str) -> "StageManifest | None":
+    def read(cls, folder: str, stage: str) -> StageManifest | None:
         """The manifest of ``stage`` in ``folder`` as it is (for a later stage reading this one's output), or
         None when there is none."""
         uri = storage.join(folder, MANIFEST)
@@ -125,7 +125,7 @@ class StageManifest:
         return cls(folder, record, existed=True)
 
     @classmethod
-    def require_complete(cls, folder: str, stage: str, hint: str) -> "StageManifest":
+    def require_complete(cls, folder: str, stage: str, hint: str) -> StageManifest:
         """The finished output of ``stage`` in ``folder``, else FileNotFoundError ending with ``hint``."""
         m = cls.read(folder, stage)
         if m is None or not m.complete:
