@@ -1,7 +1,7 @@
 """Label-stage throughput: Ray Data with 1 and 2 labeler actors vs a plain Python loop over the same work
 items (same decode + label + crop + write code), and keyframe-only vs decode-all decoding.
 
-    .venv/bin/python benchmarks/label_throughput.py [--copies 32] [--every-n 5] [--repeats 2]
+    .venv/bin/python benchmarks/label_throughput.py [--copies 32] [--every-n 5] [--repeats 2] [--json FILE]
 
 Targets (issue 3): Ray Data >= 0.9x the plain loop on 1 worker, >= 1.7x on 2. Ratios are measured side by
 side in one run; on a 2-core machine the 2-worker run has no core left for the driver, so it is the
@@ -17,31 +17,24 @@ is committed (start-up excluded): what a long job sees; the targets are on the e
 The second table splits the machine's CPU time during each Ray run by process (from /proc): labeler
 actors, driver, Ray Data's helper actors, Ray's own daemons, anything else; and gives the labelers' CPU
 per frame beside the plain paths' (the same code: a gap there is in the labelers, e.g. their start-up).
+Last line: ``ray_2_vs_plain=R``.
 """
 from __future__ import annotations
 
-import argparse
 import glob
-import json
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 
 import pyarrow.parquet as pq
+from harness import REPO, bench_parser, local_ray, write_result
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-
-from simhand_ray.config import LabelConfig, LabelerConfig  # noqa: E402
-from simhand_ray.mining.frames import DecodeStats, Segment, decode_segment, probe_video  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from simhand_ray.config import LabelConfig, LabelerConfig
+from simhand_ray.mining.frames import DecodeStats, Segment, decode_segment, probe_video
 PATHS = {"plain_loop": "plain loop", "plain_2_processes": "plain x2 procs", "ray_1_workers": "Ray Data x1",
          "ray_2_workers": "Ray Data x2", "ray_2_workers_unpinned": "Ray x2 unpinned"}
 
@@ -126,8 +119,9 @@ def plain_loop(cfg: LabelConfig) -> dict:
     labeler actor holds one CPU (Ray sets OMP_NUM_THREADS=1 there), so the loop gets one core too, or
     OpenCV's and FFmpeg's own threads would give it a second one and the comparison would be 1 vs 2 cores."""
     from simhand_ray.mining.inputs import expand_inputs
+    from simhand_ray.mining.label_item import process_work_item
     from simhand_ray.mining.labelers import build_labeler
-    from simhand_ray.mining.pipeline import plan_video, process_work_item
+    from simhand_ray.mining.work_items import plan_video
 
     cores = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cores)})
@@ -146,10 +140,10 @@ def plain_loop(cfg: LabelConfig) -> dict:
         os.sched_setaffinity(0, cores)
 
 
-def _plain_worker(core: int, items: list[dict], cfg_dict: dict, results) -> None:
+def _plain_worker(core: int, items: list, cfg_dict: dict, results) -> None:
     from simhand_ray.config import from_dict
+    from simhand_ray.mining.label_item import process_work_item
     from simhand_ray.mining.labelers import build_labeler
-    from simhand_ray.mining.pipeline import process_work_item
 
     os.sched_setaffinity(0, {core})
     cfg = from_dict(LabelConfig, cfg_dict)
@@ -165,7 +159,7 @@ def plain_processes(cfg: LabelConfig, n: int) -> dict:
     from dataclasses import asdict
 
     from simhand_ray.mining.inputs import expand_inputs
-    from simhand_ray.mining.pipeline import plan_video
+    from simhand_ray.mining.work_items import plan_video
 
     cores = sorted(os.sched_getaffinity(0))
     t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -185,7 +179,7 @@ def plain_processes(cfg: LabelConfig, n: int) -> dict:
 
 
 def ray_stage(cfg: LabelConfig) -> dict:
-    from simhand_ray.mining.pipeline import run_label_stage
+    from simhand_ray.mining.label_stage import run_label_stage
 
     meter = CpuMeter()
     s = run_label_stage(cfg, progress=False)
@@ -200,7 +194,7 @@ def decode_modes(videos: str, every_n: int) -> dict:
         stats, t0 = DecodeStats(), time.time()
         for p in paths:
             info = probe_video(p, scan=False)
-            for _ in decode_segment(p, Segment(0, info.declared_frames, None), every_n, mode, stats):
+            for _ in decode_segment(p, Segment(0, info.declared_frames or None, None), every_n, mode, stats):
                 pass
         dt = time.time() - t0
         out[mode] = {"kept": stats.kept, "decoded": stats.decoded, "ms_per_kept_frame": 1e3 * dt / max(stats.kept, 1)}
@@ -231,19 +225,16 @@ def print_cpu(res: dict) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--copies", type=int, default=32, help="copies of each sample video")
     p.add_argument("--every-n", type=int, default=5)
     p.add_argument("--segment-frames", type=int, default=100)
     p.add_argument("--repeats", type=int, default=1, help="rounds of every path; the fastest of each is reported")
-    p.add_argument("--out", default=os.path.join(REPO, "out", "benchmarks", "label_throughput.json"))
     a = p.parse_args()
-    import ray
 
     tmp = tempfile.mkdtemp(prefix="label-bench-")
     videos = make_inputs(tmp, a.copies)
     base = dict(inputs=(videos,), every_n=a.every_n, segment_frames=a.segment_frames)
-    ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", include_dashboard=False)
     res = {"cpus": os.cpu_count(), "videos": len(os.listdir(videos)), "every_n": a.every_n}
     runs = {
         "plain_loop": lambda out: plain_loop(LabelConfig(output=out, **base)),
@@ -253,15 +244,15 @@ def main() -> None:
         "ray_2_workers_unpinned": lambda out: ray_stage(
             LabelConfig(output=out, num_workers=2, labeler=LabelerConfig(pin_cores=False), **base)),
     }
-    for r in range(a.repeats):       # rounds of every path, so a noisy minute hits all of them alike
-        for k, run in runs.items():
-            got = run(os.path.join(tmp, f"{k}-{r}"))
-            got["steady_frames_per_s"] = steady_frames_per_s(os.path.join(tmp, f"{k}-{r}"))
-            print(f"round {r}: {PATHS[k]} {got['seconds']:.1f} s", flush=True)
-            res.setdefault(k + "_all_seconds", []).append(round(got["seconds"], 2))
-            if k not in res or got["seconds"] < res[k]["seconds"]:   # the fastest: noise only slows
-                res[k] = got
-    ray.shutdown()
+    with local_ray(os.cpu_count()):
+        for r in range(a.repeats):       # rounds of every path, so a noisy minute hits all of them alike
+            for k, run in runs.items():
+                got = run(os.path.join(tmp, f"{k}-{r}"))
+                got["steady_frames_per_s"] = steady_frames_per_s(os.path.join(tmp, f"{k}-{r}"))
+                print(f"round {r}: {PATHS[k]} {got['seconds']:.1f} s", flush=True)
+                res.setdefault(k + "_all_seconds", []).append(round(got["seconds"], 2))
+                if k not in res or got["seconds"] < res[k]["seconds"]:   # the fastest: noise only slows
+                    res[k] = got
     for k in PATHS:
         res[k]["frames_per_s"] = res[k]["frames"] / res[k]["seconds"]
     for n in (1, 2):
@@ -283,10 +274,7 @@ def main() -> None:
     print(f"\ndecode, 1 frame in 30: all = {d['all']['ms_per_kept_frame']:.2f} ms/kept frame ({d['all']['kept']} kept), "
           f"keyframes = {d['keyframes']['ms_per_kept_frame']:.2f} ms/kept frame ({d['keyframes']['kept']} kept): "
           f"{d['keyframes_speedup_per_kept_frame']:.1f}x")
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=2)
-    print(f"\nwritten: {a.out}")
+    write_result(res, a.json, ("ray_2_vs_plain", res["ray_2_vs_plain"]))
 
 
 if __name__ == "__main__":

@@ -16,21 +16,19 @@ writes OUT/pretrain_probe.json, OUT/pretrain_probe.md and OUT/report.md (jobs/ev
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from harness import REPO, bench_parser, write_result
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-
-from simhand_ray import schema, storage  # noqa: E402
+from simhand_ray import schema, storage
+from simhand_ray.stage import StageManifest
 
 PY = sys.executable
 METHODS = ("simclr", "peclr", "simhand-w")
@@ -111,7 +109,7 @@ def format_markdown(res: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--input", action="append", default=None,
                    help="mine inputs (default: data/sample and tests/data/videos, the repo's sample data)")
     p.add_argument("--every-n", type=int, default=2)
@@ -158,8 +156,8 @@ def main() -> None:
     for m in a.methods:
         for seed in a.seeds:
             run = os.path.join(a.out, "pretrain", f"{m}-s{seed}")
-            manifest = os.path.join(run, "pretrain.json")
-            done = os.path.exists(manifest) and json.load(open(manifest)).get("status") == "done"
+            manifest = StageManifest.read(run, "pretrain")
+            done = manifest is not None and manifest.complete
             print(f"[4/5] pretrain {m} seed {seed} -> {run}{' (done: reused)' if done else ''}", flush=True)
             secs = None
             if not done:
@@ -167,7 +165,7 @@ def main() -> None:
                             "--method", m, "--num-workers", "1", "--batch-size", str(a.batch_size),
                             "--max-steps", str(a.steps), "--arch", a.arch, "--image-size", str(a.image_size),
                             "--seed", str(seed), "--resume"] + cpus, log)
-            summary = json.load(open(manifest))
+            summary = StageManifest.read(run, "pretrain").summary or {}
             runs[f"{m} s{seed}"] = {"seed": seed, "final_loss": summary.get("final_loss"), "train_seconds": secs}
             trunks += ["--trunk", f"{m} s{seed}={os.path.join(run, 'trunk.pt')}"]
 
@@ -180,8 +178,8 @@ def main() -> None:
     rows = [{**r, **runs.get(r["method"], {})} for r in table["rows"]]
     res = {"args": vars(a), "split": split, "pairs": pairs, "rows": rows, "seconds": time.time() - t0,
            "probe_plot": os.path.join(probe, "probe_retrieval.png")}
-    with open(os.path.join(a.out, "pretrain_probe.json"), "w") as f:
-        json.dump(res, f, indent=2)
+    for path in (os.path.join(a.out, "pretrain_probe.json"), a.json):
+        write_result(res, path)
     md = format_markdown(res)
     with open(os.path.join(a.out, "pretrain_probe.md"), "w") as f:
         f.write(md)

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="pretrain-stream-")
     pairs = a.pairs
     if not pairs:
-        from test_pretrain import make_pairs
+        from builders import make_pairs
 
         pairs = os.path.join(work, "pairs")
         make_pairs(pairs, n=a.rows, files=max(1, a.rows // 256), split=a.rows)

@@ -5,28 +5,27 @@ Reports CPU time (process time, robust to other load on the machine) and wall ti
 supersampling 1 and 2, split into rendering (pose, rasterise, shade, composite, camera, labels) and
 H.264 encoding. The synth job's manifest reports the same figure for a whole run (frames_per_cpu_second).
 
-    .venv/bin/python benchmarks/synth_throughput.py [--videos 4 --frames-per-video 60]
+    .venv/bin/python benchmarks/synth_throughput.py [--videos 4 --frames-per-video 60] [--json FILE]
+
+Last line: ``frames_per_cpu_second=F`` at supersampling 2 (the synth job's default).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cv2
+from harness import REPO, bench_parser, write_result
 
-import cv2  # noqa: E402
+from simhand_ray.config import SynthConfig
+from simhand_ray.synthetic import background
+from simhand_ray.synthetic import video as V
 
-from simhand_ray.synthetic import background  # noqa: E402
-from simhand_ray.synthetic import video as V  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAND_FREE = [os.path.join(REPO, "data", "sample", "images", n) for n in ("building.jpg", "fruits.jpg")]
 
 
-def measure(cfg: V.SynthConfig, photos) -> dict:
+def measure(cfg: SynthConfig, photos) -> dict:
     pool = V.pose_pool(cfg)
     codec = V.choose_codec(cfg.codec)
     render_cpu = encode_cpu = 0.0
@@ -60,16 +59,18 @@ def measure(cfg: V.SynthConfig, photos) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--videos", type=int, default=4)
     p.add_argument("--frames-per-video", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     cv2.setNumThreads(1)
     photos = background.decode_images([open(f, "rb").read() for f in HAND_FREE if os.path.exists(f)])
-    rows = [measure(V.SynthConfig(videos=a.videos, frames_per_video=a.frames_per_video, seed=a.seed,
-                                  supersample=s), photos) for s in (1, 2)]
-    print(json.dumps({"cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "runs": rows}, indent=2))
+    rows = [measure(SynthConfig(videos=a.videos, frames_per_video=a.frames_per_video, seed=a.seed,
+                                supersample=s), photos) for s in (1, 2)]
+    figures = {"cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "runs": rows}
+    print(json.dumps(figures, indent=2))
+    write_result(figures, a.json, ("frames_per_cpu_second", rows[-1]["frames_per_cpu_second"]))
     return 0
 
 

@@ -2,36 +2,33 @@
 
 Renders a few synthetic videos (the library path the synth job uses), decodes them back with PyAV (so
 the frames carry the same H.264 artefacts the mine job sees), labels every --every-th frame with the
-project's MediaPipe labeler and compares with the ground truth (simhand_ray.synthetic.compare):
+project's MediaPipe labeler and compares with the ground truth (simhand_ray.labeler_check):
 detection rate (true hands matched within 0.5 box sizes of mean joint error), the matched hands' mean
 joint error normalised by the true box's longer side, in pixels, and PCK@0.1 box.
 
-    .venv/bin/python benchmarks/synthetic_realism.py [--videos 10 --frames-per-video 30 --every 3]
+    .venv/bin/python benchmarks/synthetic_realism.py [--videos 10 --frames-per-video 30 --every 3] [--json FILE]
 
 Two detection rates: over the clearly visible hands (at least --min-visible of 21 joints visible and
 inside the frame, default 15) and over every labelled hand (cut off by the frame edge, self-occluded
 fists, hidden behind an occluder...). False positives are predictions that match no labelled hand.
+Last line: ``detection_rate_visible=R``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import av
+import numpy as np
+from harness import REPO, bench_parser, write_result
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
-
-from simhand_ray.config import LabelerConfig  # noqa: E402
-from simhand_ray.mining.labelers.base import FrameRef  # noqa: E402
-from simhand_ray.synthetic import background, montage  # noqa: E402
-from simhand_ray.synthetic import video as V  # noqa: E402
-from simhand_ray.synthetic.compare import compare, match_hands  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from simhand_ray.config import LabelerConfig, SynthConfig
+from simhand_ray.drawing import draw_hand
+from simhand_ray.labeler_check import compare, match_hands
+from simhand_ray.mining.labelers.base import FrameRef
+from simhand_ray.synthetic import background, montage
+from simhand_ray.synthetic import video as V
 HAND_FREE = [os.path.join(REPO, "data", "sample", "images", n) for n in ("building.jpg", "fruits.jpg")]
 
 
@@ -41,7 +38,7 @@ def decode(uri: str, every: int) -> list[tuple[int, np.ndarray]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--videos", type=int, default=10)
     p.add_argument("--frames-per-video", type=int, default=30)
     p.add_argument("--every", type=int, default=3)
@@ -55,7 +52,7 @@ def main(argv=None) -> int:
     from simhand_ray.mining.labelers.mediapipe import MediaPipeLabeler
 
     photos = background.decode_images([open(f, "rb").read() for f in a.backgrounds])
-    cfg = V.SynthConfig(videos=a.videos, frames_per_video=a.frames_per_video, seed=a.seed)
+    cfg = SynthConfig(videos=a.videos, frames_per_video=a.frames_per_video, seed=a.seed)
     mp = MediaPipeLabeler(LabelerConfig())
     truth_labeler = GroundTruthLabeler(LabelerConfig(backend="groundtruth"))
     preds, truths, visible, sheet = [], [], [], []
@@ -71,10 +68,10 @@ def main(argv=None) -> int:
                 if a.sheet and len(sheet) < 36:
                     img = frame
                     for h in visible[-1]:
-                        img = montage.draw_hand(img, h.keypoints, h.keypoint_scores)
+                        img = draw_hand(img, h.keypoints, h.keypoint_scores)
                     matched = {pi for _, pi, _ in match_hands(pred, truth)}
                     for pi, h in enumerate(pred):
-                        img = montage.draw_hand(img, h.keypoints, None if pi in matched else np.zeros(21))
+                        img = draw_hand(img, h.keypoints, None if pi in matched else np.zeros(21))
                     sheet.append(img)
     mp.close()
     every = compare(preds, truths)
@@ -87,6 +84,7 @@ def main(argv=None) -> int:
     if a.sheet:
         with open(a.sheet, "wb") as f:
             f.write(montage.encode_png(montage.montage(sheet, 6)))
+    write_result(out, a.json, ("detection_rate_visible", clear.detection_rate))
     return 0
 
 

@@ -11,20 +11,13 @@ cached batch (the ceiling), and for each path the share of step time spent waiti
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "jobs"), os.path.join(REPO, "tests")]
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from harness import bench_parser, local_ray, write_result
 
 
 def summarize(steps: list[dict], skip: int, images_per_step: int) -> dict:
@@ -115,7 +108,7 @@ def ray_path(cfg) -> tuple[list[dict], float]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_parser(__doc__)
     p.add_argument("--pairs", default="", help="pairs dataset (default: 64 pairs made from the sample images)")
     p.add_argument("--method", default="simhand-w")
     p.add_argument("--arch", default="resnet18")
@@ -125,10 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the figures")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--json", default="", help="also write the figures here")
     a = p.parse_args(argv)
-
-    import ray
 
     from simhand_ray.config import AugmentConfig, PretrainConfig
 
@@ -136,7 +126,7 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="throughput-")
     pairs = a.pairs
     if not pairs:
-        from test_pretrain import make_pairs
+        from builders import make_pairs
 
         pairs = os.path.join(work, "pairs")
         make_pairs(pairs, n=64, files=4, split=64)
@@ -150,11 +140,8 @@ def main(argv=None) -> int:
     # plain runs before and after the Ray run, so drifting background load shows up as their spread
     figures["compute_only"] = summarize(compute_only(cfg, a.steps, device), a.skip, images)
     figures["plain"] = summarize(plain_loop(cfg, a.steps, device), a.skip, images)
-    ray.init(num_cpus=a.num_cpus, logging_level="WARNING", include_dashboard=False)
-    try:
+    with local_ray(a.num_cpus):
         steps, wall = ray_path(cfg)
-    finally:
-        ray.shutdown()
     figures["ray_train"] = {**summarize(steps, a.skip, images), "fit_wall_s": wall}
     figures["plain_again"] = summarize(plain_loop(cfg, a.steps, device), a.skip, images)
     for key in ("images_per_s", "median_images_per_s"):
@@ -168,9 +155,7 @@ def main(argv=None) -> int:
     print(f"ray_train / plain = {figures['ray_vs_plain_images_per_s']:.2f} (median steps: "
           f"{figures['ray_vs_plain_median_images_per_s']:.2f}; target >= 0.9); "
           f"fit wall time incl. start-up {figures['ray_train']['fit_wall_s']:.0f} s")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(figures, f, indent=2)
+    write_result(figures, a.json, ("ray_vs_plain", figures["ray_vs_plain_images_per_s"]))
     return 0
 
 

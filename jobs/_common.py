@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -13,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from simhand_ray.config import Bounds  # noqa: E402  (needs the repo on sys.path)
+from simhand_ray.config import Bounds, config_class  # noqa: E402  (needs the repo on sys.path)
 
 
 class NumberArg:
@@ -66,9 +67,68 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return super()._format_action(action)
 
 
+NUMBER_TYPES = {"int": int, "float": float}
+
+
+def _option(f: dataclasses.Field, dest: str, default):
+    """(flags, add_argument kwargs) of one config field, from its type and its ``config.opt`` metadata."""
+    meta, kind = f.metadata, str(f.type)
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    kw: dict = {"dest": dest, "help": meta.get("help") or None}
+    if kind != "bool" and not meta.get("choices"):
+        kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+    if kind == "bool":
+        # on by default: --x / --no-x; off by default: --x
+        kw.update(action=argparse.BooleanOptionalAction if default else "store_true", default=default)
+    elif kind.startswith("tuple[str"):
+        kw.update(action="append", default=[])
+    elif kind in ("int", "float"):
+        bounds = meta.get("bounds")
+        kw.update(type=NumberArg(NUMBER_TYPES[kind], bounds) if bounds else NUMBER_TYPES[kind], default=default)
+    elif kind == "str":
+        kw.update(default=default, choices=meta.get("choices"))
+    else:
+        raise TypeError(f"{dest}: no command-line form for a field of type {kind}; mark it cli=False")
+    return [flag], kw
+
+
+def add_config_args(parser, cls: type, skip: tuple[str, ...] = (), _path: str = "") -> None:
+    """Add an option for every field of the config dataclass ``cls`` (and of its sections, flattened), with
+    the default, help, range and choices written in the dataclass; ``skip`` names fields (dotted for
+    sections) the job adds itself. ``config_from_args`` builds the config back from the parsed options."""
+    for f in dataclasses.fields(cls):
+        dest = _path + f.name
+        if not f.metadata.get("cli", True) or dest in skip:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if (sub := config_class(f.type)) is not None:
+            add_config_args(parser, sub, skip, dest + ".")
+            continue
+        flags, kw = _option(f, dest, default)
+        parser.add_argument(*flags, **kw)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, _path: str = "", **given):
+    """The config ``cls`` from options added by ``add_config_args``; ``given`` sets fields directly (those the
+    job parses itself). A list option becomes a tuple."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        dest = _path + f.name
+        if f.name in given:
+            kwargs[f.name] = given[f.name]
+        elif (sub := config_class(f.type)) is not None:
+            kwargs[f.name] = config_from_args(sub, args, dest + ".")
+        elif hasattr(args, dest):
+            value = getattr(args, dest)
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("SIMHAND_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # faiss's loader says at INFO which CPU build it could not load before loading the one that works
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def init_ray(num_cpus: int | None = None) -> bool:
@@ -79,10 +139,14 @@ def init_ray(num_cpus: int | None = None) -> bool:
     logs and shows in its jobs API; credentials never do. A local Ray's workers inherit this process's
     environment, credentials included; a cluster's workers use their node's (README, "Credentials").
     """
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")   # the jobs draw their own (simhand_ray.progress)
     import ray
 
     from simhand_ray import storage
 
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
     env_vars = storage.aws_env()
     env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
     kwargs = dict(ignore_reinit_error=True, logging_level="WARNING")

@@ -17,37 +17,37 @@ import logging
 import _common  # noqa: F401  (puts the repo on sys.path)
 from _common import HelpFormatter, float_range, init_ray, int_range, setup_logging
 
+from simhand_ray.config import FinetuneConfig, field_defaults
 from simhand_ray.evaluate.datasets import DATASETS
-from simhand_ray.evaluate.finetune import FinetuneConfig
 
 log = logging.getLogger("simhand.finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = FinetuneConfig.__dataclass_fields__
+    d = field_defaults(FinetuneConfig)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--dataset", choices=tuple(DATASETS), default=d["dataset"].default)
+    p.add_argument("--dataset", choices=tuple(DATASETS), default=d["dataset"])
     p.add_argument("--data-root", required=True, help="dataset root: a local path or s3:// prefix")
-    p.add_argument("--split", default="", help="default: the dataset's training split (FreiHAND training, DexYCB s1 train, AssemblyHands train)")
+    p.add_argument("--split", default=d["split"], help="default: the dataset's training split (FreiHAND training, DexYCB s1 train, AssemblyHands train)")
     p.add_argument("--output", required=True, help="output directory or s3:// prefix (resumed if it holds a checkpoint)")
-    p.add_argument("--trunk", default="", help="trunk weights (pre-training trunk.pt, any torchvision ResNet state_dict); empty = random init")
-    p.add_argument("--arch", default="auto", help="resnet18|34|50|101|152; auto = from --trunk (resnet50 without)")
-    p.add_argument("--input-size", type=int_range(32), default=d["input_size"].default,
+    p.add_argument("--trunk", default=d["trunk"], help="trunk weights (pre-training trunk.pt, any torchvision ResNet state_dict); empty = random init")
+    p.add_argument("--arch", default=d["arch"], help="resnet18|34|50|101|152; auto = from --trunk (resnet50 without)")
+    p.add_argument("--input-size", type=int_range(32), default=d["input_size"],
                    help="crop side in pixels (the trunk downsamples x32)")
-    p.add_argument("--crop-scale", type=float_range(0, lo_open=True), default=d["crop_scale"].default,
+    p.add_argument("--crop-scale", type=float_range(0, lo_open=True), default=d["crop_scale"],
                    help="crop side / longer side of the keypoints' box")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--epochs", type=int_range(1), default=d["epochs"].default)
-    p.add_argument("--max-steps", type=int_range(0), default=0, help="stop after this many steps (0 = run all epochs)")
-    p.add_argument("--batch-size", type=int_range(2), default=d["batch_size"].default, help="per worker")
-    p.add_argument("--lr", type=float_range(0, lo_open=True), default=d["lr"].default)
-    p.add_argument("--weight-decay", type=float_range(0), default=d["weight_decay"].default)
-    p.add_argument("--warmup-epochs", type=float_range(0), default=d["warmup_epochs"].default)
-    p.add_argument("--max-samples", type=int_range(0), default=0, help="use only the first N training records (0 = all)")
-    p.add_argument("--seed", type=int_range(0), default=0)
-    p.add_argument("--num-workers", type=int_range(1), default=1, help="Ray Train workers (DDP world size)")
+    p.add_argument("--epochs", type=int_range(1), default=d["epochs"])
+    p.add_argument("--max-steps", type=int_range(0), default=d["max_steps"], help="stop after this many steps (0 = run all epochs)")
+    p.add_argument("--batch-size", type=int_range(2), default=d["batch_size"], help="per worker")
+    p.add_argument("--lr", type=float_range(0, lo_open=True), default=d["lr"])
+    p.add_argument("--weight-decay", type=float_range(0), default=d["weight_decay"])
+    p.add_argument("--warmup-epochs", type=float_range(0), default=d["warmup_epochs"])
+    p.add_argument("--max-samples", type=int_range(0), default=d["max_samples"], help="use only the first N training records (0 = all)")
+    p.add_argument("--seed", type=int_range(0), default=d["seed"])
+    p.add_argument("--num-workers", type=int_range(1), default=d["num_workers"], help="Ray Train workers (DDP world size)")
     p.add_argument("--use-gpu", action="store_true")
-    p.add_argument("--cpus-per-worker", type=float_range(0), default=1.0)
+    p.add_argument("--cpus-per-worker", type=float_range(0), default=d["cpus_per_worker"])
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPU")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if --output has a checkpoint")
     p.add_argument("--num-cpus", type=int_range(1), default=None, help="CPUs of a local Ray (ignored on a cluster)")

@@ -8,7 +8,7 @@ Writes under --output:
     freihand/                                                    with --freihand: FreiHAND-format crops,
                                                                  evaluation split = unseen persons
     montage.png                                                  sample frames with keypoints drawn
-    manifest.json                                                config, hash, counts, timings (last)
+    _manifest.json                                               settings, hash, counts, timings (last run)
 The same --seed (and settings) gives byte-identical label files. Label the videos with the ground truth:
     python jobs/mine.py --input out/synth/videos --labeler groundtruth --output out/mine
 """
@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import asdict
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import HelpFormatter, float_range, init_ray, int_range, setup_logging
+from _common import HelpFormatter, add_config_args, config_from_args, float_range, init_ray, int_range, setup_logging
 
 import ray
 
 from simhand_ray import storage
-from simhand_ray.config import IMAGE_EXTENSIONS
-from simhand_ray.synthetic.video import SynthConfig
+from simhand_ray.config import IMAGE_EXTENSIONS, SynthConfig, from_dict
+from simhand_ray.stage import StageManifest, StageMismatch
 
 log = logging.getLogger("simhand.synth")
 
@@ -39,8 +40,7 @@ def render_video(cfg_dict: dict, index: int, output_dir: str, photos: list[bytes
     from simhand_ray.synthetic import background, video
 
     cv2.setNumThreads(1)
-    cfg = video.SynthConfig.from_dict(cfg_dict)
-    return video.make_video(cfg, index, output_dir, background.decode_images(photos),
+    return video.make_video(from_dict(SynthConfig, cfg_dict), index, output_dir, background.decode_images(photos),
                             montage_frames=montage_frames, freihand_every=freihand_every)
 
 
@@ -53,13 +53,14 @@ def background_files(uris: list[str]) -> list[str]:
 
 
 def write_montage(output: str, results, columns: int = 6) -> None:
+    from simhand_ray.drawing import draw_hand
     from simhand_ray.synthetic import montage
 
     tiles = []
     for r in results:
         for image, rows in r.montage:
             for row in rows:
-                image = montage.draw_hand(image, row["keypoints_2d"], row["visibility"])
+                image = draw_hand(image, row["keypoints_2d"], row["visibility"])
             tiles.append(image)
     storage.write_bytes_atomic(storage.join(output, "montage.png"), montage.encode_png(montage.montage(tiles, columns)))
 
@@ -75,28 +76,12 @@ def write_freihand(output: str, results, videos: int, eval_fraction: float) -> d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = SynthConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--videos", type=int_range(0), default=d.videos)
-    p.add_argument("--frames-per-video", type=int_range(1), default=d.frames_per_video)
     p.add_argument("--output", required=True, help="output directory or s3:// prefix")
-    p.add_argument("--seed", type=int_range(0), default=d.seed)
-    p.add_argument("--width", type=int_range(2), default=d.width, help="pixels, even")
-    p.add_argument("--height", type=int_range(2), default=d.height, help="pixels, even")
-    p.add_argument("--fps", type=int_range(1), default=d.fps)
+    add_config_args(p.add_argument_group("synthetic videos"), SynthConfig)
     p.add_argument("--backgrounds", action="append", default=[],
                    help="background photos: image files or directories / s3:// prefixes (repeatable); "
                         "without them backgrounds are procedural. Use photos without hands in them.")
-    p.add_argument("--two-hands-prob", type=float_range(0, 1), default=d.two_hands_prob,
-                   help="chance that a video shows both hands")
-    p.add_argument("--occluder-prob", type=float_range(0, 1), default=d.occluder_prob,
-                   help="chance that an object crosses in front of the hand")
-    p.add_argument("--pool-size", type=int_range(0), default=d.pool_size, help="key poses shared across videos")
-    p.add_argument("--pool-prob", type=float_range(0, 1), default=d.pool_prob,
-                   help="chance that a key pose comes from the shared pool")
-    p.add_argument("--supersample", type=int_range(1), default=d.supersample, help="supersampling factor (per pixel side)")
-    p.add_argument("--codec", default=d.codec, help="auto (libx264 if available, else mpeg4) or an encoder name")
-    p.add_argument("--crf", type=int_range(0, 51), default=d.crf, help="libx264 quality (lower is better)")
     p.add_argument("--freihand", action="store_true", help="also export FreiHAND-format crops")
     p.add_argument("--freihand-every", type=int_range(1), default=10, help="a FreiHAND crop every N-th frame")
     p.add_argument("--eval-fraction", type=float_range(0, 1), default=0.2, help="fraction of videos (persons) for evaluation")
@@ -110,15 +95,19 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     setup_logging()
     try:
-        cfg = SynthConfig(videos=a.videos, frames_per_video=a.frames_per_video, width=a.width, height=a.height,
-                          fps=a.fps, seed=a.seed, two_hands_prob=a.two_hands_prob, occluder_prob=a.occluder_prob,
-                          pool_size=a.pool_size, pool_prob=a.pool_prob, supersample=a.supersample, codec=a.codec,
-                          crf=a.crf)
+        cfg = config_from_args(SynthConfig, a)
     except ValueError as e:
         p.error(str(e))
     storage.check_writable(a.output)
     for uri in a.backgrounds:
         storage.check_readable(uri)
+    settings = {"config": asdict(cfg), "freihand": a.freihand, "freihand_every": a.freihand_every,
+                "eval_fraction": a.eval_fraction, "backgrounds": sorted(a.backgrounds)}
+    try:   # the same settings re-render the same bytes; other settings are refused, naming what differs
+        manifest = StageManifest.open(a.output, "synth", settings)
+    except StageMismatch as e:
+        log.error("%s", e)
+        return 2
     init_ray(a.num_cpus)
 
     t0 = time.time()
@@ -126,12 +115,12 @@ def main(argv=None) -> int:
     photos_ref = ray.put(photos)
     out_videos = storage.join(a.output, "videos")
     freihand_every = a.freihand_every if a.freihand else 0
-    pending = {render_video.remote(cfg.to_dict(), i, out_videos, photos_ref, 3 if i < a.montage_videos else 0,
+    pending = {render_video.remote(asdict(cfg), i, out_videos, photos_ref, 3 if i < a.montage_videos else 0,
                                    freihand_every): i for i in range(cfg.videos)}
     results = [None] * cfg.videos
-    from tqdm import tqdm
+    from simhand_ray.progress import progress_bar
 
-    with tqdm(total=cfg.videos, desc="videos", unit="video") as bar:
+    with progress_bar(cfg.videos, "synth", "video") as bar:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -142,13 +131,13 @@ def main(argv=None) -> int:
     frames = sum(r.frames for r in results)
     cpu = sum(r.cpu_seconds for r in results)
     summary = {
-        "config": cfg.to_dict(), "config_hash": storage.config_hash(cfg.to_dict()), "videos": cfg.videos,
+        "videos": cfg.videos,
         "frames": frames, "hands": sum(r.hands for r in results), "codec": results[0].codec if results else None,
         "backgrounds": len(photos), "freihand": freihand, "eval_fraction": a.eval_fraction if a.freihand else None,
         "seconds": round(time.time() - t0, 3), "task_cpu_seconds": round(cpu, 3),
         "frames_per_cpu_second": round(frames / cpu, 2) if cpu else None,
     }
-    storage.write_json_atomic(storage.join(a.output, "manifest.json"), summary)
+    manifest.finish(summary)
     log.info("wrote %d videos (%d frames, %d hands) to %s in %.1fs; %.1f frames per CPU-second", cfg.videos,
              frames, summary["hands"], a.output, summary["seconds"], summary["frames_per_cpu_second"] or 0)
     return 0

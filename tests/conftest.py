@@ -1,9 +1,9 @@
 """Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1), one local Ray cluster per session,
 and the real sample data.
 
-Ray: one ``ray.init`` per test session (2 CPUs, dashboard on, so ``ray job submit`` works against it).
-``ray.shutdown`` stops only the processes this session started; ``ray stop`` is never called because it
-stops every Ray on the machine. Token auth is disabled for this local test cluster (RAY_AUTH_MODE=disabled)
+Ray: one head per test session (2 CPUs, dashboard on, so ``ray job submit`` works against it), started by
+``ray start`` on free ports (tests/ray_head.py) so it runs beside any other Ray here; teardown stops only its
+processes (``ray stop`` is never called: it stops every Ray on the machine). Token auth is disabled for this local test cluster (RAY_AUTH_MODE=disabled)
 so the jobs CLI needs no token file.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ import logging
 import os
 import importlib.util
 import shutil
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+from ray_head import free_port  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -26,12 +26,6 @@ SHARED_REAL = REPO.parent / "shared" / "data" / "real"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def real_data(*parts: str) -> Path:
@@ -106,22 +100,31 @@ def s3_bucket(s3_server, request):
     return f"s3://{name}"
 
 
+SESSION_HEAD: dict = {}      # the session head's marker tag (tests/ray_head.py), for tests that look at its processes
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
-    """A local Ray cluster for the whole session (started after the S3 env so workers inherit it).
+    """A Ray head of the session's own on free ports (``ray_head.LocalHead``: beside any other Ray on this
+    machine), started after the S3 env so its workers inherit it; this process joins it as the driver.
 
     Yields the dashboard address that ``ray job submit --address`` takes.
     """
     import ray
 
-    dash_port = free_port()
+    from ray_head import LocalHead
+
+    head = LocalHead(num_cpus=2).start()
+    SESSION_HEAD["tag"] = head.tag
     # Ray Train's controller queries the state API, which would otherwise auto-detect the cluster and
     # fail while a test's job runs a second local Ray (see jobs/_common.init_ray)
-    env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash_port}"}
-    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dash_port,
-                   runtime_env={"env_vars": env}, ignore_reinit_error=True, logging_level="WARNING")
-    yield f"http://{ctx.dashboard_url}"
-    ray.shutdown()
+    env = {"RAY_API_SERVER_ADDRESS": head.dashboard}
+    try:
+        ray.init(address=head.address, runtime_env={"env_vars": env}, logging_level="WARNING")
+        yield head.dashboard
+    finally:
+        ray.shutdown()
+        head.stop()
 
 
 @pytest.fixture

@@ -6,20 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from builders import HAND
 from conftest import real_data
 from simhand_ray.config import AugmentConfig
 from simhand_ray.train import augment
 
 # A right hand, roughly: wrist low, five fingers fanning upwards (224x224 crop pixels).
-HAND = np.array([
-    [112, 190],
-    [90, 170], [75, 150], [65, 130], [58, 112],
-    [95, 120], [92, 95], [90, 78], [89, 62],
-    [110, 115], [110, 88], [110, 70], [110, 54],
-    [125, 118], [128, 93], [130, 76], [131, 62],
-    [140, 125], [146, 105], [150, 91], [153, 78],
-], dtype=np.float32)
-
 NO_COLOR = AugmentConfig(color_jitter=False)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import load_job
-from simhand_ray.config import Bounds, FilterConfig, GraphConfig, LabelConfig, LabelerConfig
+from simhand_ray.config import Bounds, FilterConfig, GraphConfig, IndexConfig, LabelConfig, LabelerConfig, PairsConfig
 
 JOBS = {  # job -> its required arguments (all it needs to parse)
     "mine": ["--output", "out"],
@@ -104,7 +104,7 @@ def test_default_cli_values_build_valid_configs():
     """The CLI defaults also satisfy the config classes' own checks (the second line of defence)."""
     mine = job("mine")
     args = mine.build_parser().parse_args(JOBS["mine"] + ["--input", "videos"])
-    assert mine.label_config(args).every_n == 30 and mine.graph_config(args).k == 10
+    assert mine.label_config(args).every_n == 30 and mine.graph_config(args).index.k == 10
     pretrain = job("pretrain")
     assert pretrain.pretrain_config(pretrain.build_parser().parse_args(JOBS["pretrain"])).batch_size == 8192
     cfg, num_cpus = job("finetune").parse(JOBS["finetune"])
@@ -158,8 +158,9 @@ def test_help_shows_defaults_of_options_without_help(capsys):
     (lambda: LabelerConfig(max_hands=-1), "max_hands must be >= 1, got -1"),
     (lambda: LabelerConfig(cpus_per_labeler=0), "cpus_per_labeler must be > 0, got 0"),
     (lambda: FilterConfig(min_det_score=1.5), "min_det_score must be in [0, 1], got 1.5"),
-    (lambda: GraphConfig(nlist=-1), "nlist must be >= 0, got -1"),
-    (lambda: GraphConfig(k=3, positive_rank=3), "positive_rank must be in [0, k=3), got 3"),
+    (lambda: IndexConfig(nlist=-1), "nlist must be >= 0, got -1"),
+    (lambda: GraphConfig(index=IndexConfig(k=3), pairs=PairsConfig(positive_rank=3)),
+     "positive_rank must be in [0, k=3), got 3"),
 ])
 def test_configs_refuse_the_same_values_for_library_callers(make, message):
     with pytest.raises(ValueError) as e:

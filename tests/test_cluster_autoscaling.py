@@ -208,7 +208,7 @@ def single_node_hands(ray_cluster, two_videos, tmp_path_factory):
 
     def get() -> set[str]:
         if not cache:
-            from simhand_ray.mining.pipeline import run_label_stage
+            from simhand_ray.mining.label_stage import run_label_stage
             out = tmp_path_factory.mktemp("single_node") / "out"
             run_label_stage(LabelConfig(inputs=(str(two_videos),), output=str(out), every_n=EVERY_N,
                                         segment_frames=SEGMENT_FRAMES),

@@ -13,49 +13,7 @@ import yaml
 from simhand_ray.evaluate import datasets, preprocess
 from simhand_ray.evaluate.datasets import (DEXYCB_SERIALS, DEXYCB_SUBJECTS, AssemblyHands, DexYCB, FreiHAND,
                                            project)
-from simhand_ray.schema import BONES
-
-
-def hand_3d(rng: np.random.Generator, root=(0.0, 0.0, 0.5), scale=1.0) -> np.ndarray:
-    """A plausible right hand (21, 3) in SPEC order around ``root`` (metres x ``scale``)."""
-    pts = np.zeros((21, 3))
-    dirs = np.linspace(-0.9, 0.9, 5)
-    for f, d in enumerate(dirs):
-        for k in range(4):
-            r = 0.035 + 0.022 * k + rng.normal(0, 0.003)
-            a = d + rng.normal(0, 0.05)
-            pts[1 + 4 * f + k] = [r * np.sin(a), -r * np.cos(a), rng.normal(0, 0.01)]
-    return (pts + np.asarray(root)) * scale
-
-
-def draw(joints_2d: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A BGR image with the skeleton drawn, so crops have content."""
-    img = np.zeros((height, width, 3), np.uint8)
-    for a, b in BONES:
-        cv2.line(img, tuple(int(v) for v in joints_2d[a]), tuple(int(v) for v in joints_2d[b]), (60, 160, 230), 2)
-    return img
-
-
-def write_freihand(root: Path, n_train: int = 6, versions: int = 2, n_eval: int = 4, size: int = 64,
-                   seed: int = 0) -> dict:
-    """FreiHAND v2 layout: {split}_xyz.json (metres), {split}_K.json, {split}/rgb/%08d.jpg; the training
-    images come in ``versions`` blocks of ``n_train`` sharing annotations (image i shows sample i % n)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for split, n, vers in (("training", n_train, versions), ("evaluation", n_eval, 1)):
-        xyz = [hand_3d(rng, root=(rng.normal(0, 0.01), rng.normal(0, 0.01), 0.5)) for _ in range(n)]
-        f = size * 2.3
-        K = [np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]]) for _ in range(n)]
-        (root / split / "rgb").mkdir(parents=True, exist_ok=True)
-        for v in range(vers):
-            for i in range(n):
-                img = draw(project(xyz[i], K[i]), size, size)
-                img = np.clip(img.astype(int) + 10 * v, 0, 255).astype(np.uint8)    # versions differ
-                cv2.imwrite(str(root / split / "rgb" / f"{v * n + i:08d}.jpg"), img)
-        (root / f"{split}_xyz.json").write_text(json.dumps([x.tolist() for x in xyz]))
-        (root / f"{split}_K.json").write_text(json.dumps([k.tolist() for k in K]))
-        out[split] = (np.array(xyz), np.array(K))
-    return out
+from builders import draw, hand_3d, write_freihand
 
 
 def test_freihand_versions_share_annotations(tmp_path):

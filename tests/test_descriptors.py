@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simhand_ray.mining.descriptors import (
+from simhand_ray.graph.descriptors import (
     REASON_DEGENERATE, REASON_NONFINITE, Pca, fit_pca, hand_descriptors, hand_scale,
 )
 

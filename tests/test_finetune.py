@@ -9,16 +9,21 @@ import pytest
 import torch
 import torchvision
 
+from builders import read_tensorboard, write_freihand
 from conftest import load_job
 from simhand_ray import storage
+from simhand_ray.config import FinetuneConfig
 from simhand_ray.evaluate import preprocess
 from simhand_ray.evaluate.datasets import FreiHAND
-from simhand_ray.evaluate.finetune import (CHECKPOINT, FinetuneConfig, load_checkpoint, plan_steps, save_torch,
-                                           schedule, to_model_input)
-from simhand_ray.evaluate.model import PoseNet, infer_arch, make_trunk, pose_loss
+from simhand_ray.evaluate.finetune import open_output, plan_steps
+from simhand_ray.evaluate.finetune_loop import load_checkpoint
+from simhand_ray.evaluate.model import CHECKPOINT, PoseNet, pose_loss
+from simhand_ray.evaluate.preprocess import to_model_input
 from simhand_ray.safe_load import load_torch_file
-from test_datasets import write_freihand
-
+from simhand_ray.stage import StageMismatch
+from simhand_ray.train import checkpoint
+from simhand_ray.train.optim import build_optimizer, warmup_cosine
+from simhand_ray.train.trunk import infer_arch, make_trunk
 
 
 def test_trunk_loads_pretrain_and_imagenet_formats_strictly(tmp_path):
@@ -74,7 +79,9 @@ def test_pose_head_fits_one_batch(tmp_path, one_thread):
 
 
 def test_schedule_and_plan():
-    f = schedule(warmup_steps=4, total_steps=14)
+    def f(step):
+        return warmup_cosine(step, warmup_steps=4, total_steps=14)
+
     assert [round(f(s), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == pytest.approx(1.0) and f(9) == pytest.approx(0.5) and f(14) == pytest.approx(0.0)
     cfg = FinetuneConfig(output="x", batch_size=2, num_workers=2, epochs=3, max_steps=5)
@@ -84,14 +91,26 @@ def test_schedule_and_plan():
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    """The checkpoint (train.checkpoint's format) resumes only a run of its settings; the output's stage
+    manifest refuses other settings before anything runs, and lets length and resources change."""
     cfg = FinetuneConfig(output=str(tmp_path), lr=1e-3)
-    save_torch(storage.join(cfg.output, CHECKPOINT), {"config_hash": storage.config_hash(cfg.result_dict()), "epoch": 2})
-    assert load_checkpoint(cfg)["epoch"] == 2
+    model = torch.nn.Linear(2, 2)
+    opt, sched = build_optimizer(model, cfg.lr, cfg.weight_decay, 1, 4, kind="adamw")
+    checkpoint.save_file(storage.join(cfg.output, CHECKPOINT), model=model, optimizer=opt, scheduler=sched, step=6,
+                         position={"epoch": 2}, config_hash=storage.config_hash(cfg.result_dict()), history=[])
+    assert load_checkpoint(cfg)["position"]["epoch"] == 2
     longer = FinetuneConfig(output=str(tmp_path), lr=1e-3, epochs=99, num_workers=4)   # length/resources may change
-    assert load_checkpoint(longer)["epoch"] == 2
+    assert load_checkpoint(longer)["step"] == 6
     assert load_checkpoint(FinetuneConfig(output=str(tmp_path), lr=1e-3, resume=False)) is None
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="other settings"):
         load_checkpoint(FinetuneConfig(output=str(tmp_path), lr=2e-3))
+    with pytest.raises(StageMismatch, match="older simhand-ray"):       # a checkpoint without a manifest
+        open_output(cfg)
+    out = tmp_path / "run"
+    assert not open_output(FinetuneConfig(output=str(out), lr=1e-3)).existed
+    assert open_output(FinetuneConfig(output=str(out), lr=1e-3, epochs=99)).existed
+    with pytest.raises(StageMismatch, match=r"lr: 0.001 -> 0.002"):
+        open_output(FinetuneConfig(output=str(out), lr=2e-3))
 
 
 @pytest.mark.slow
@@ -110,18 +129,18 @@ def test_finetune_resume_evaluate_report_end_to_end(ray_cluster, tmp_path, capsy
     # 12 images (6 samples x 2 versions) / (2 per worker x 2 workers) = 3 steps per epoch, DDP over gloo
     assert finetune.main(common + ["--epochs", "1", "--num-workers", "2", "--cpus-per-worker", "0.5"]) == 0
     ckpt = load_torch_file(str(ft_out / "checkpoint.pt"))
-    assert (ckpt["epoch"], ckpt["step"]) == (1, 3)
-    assert set(ckpt) >= {"model", "optimizer", "lr_scheduler", "step", "config", "config_hash", "history"}
+    assert (ckpt["position"]["epoch"], ckpt["step"]) == (1, 3)
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "step", "position", "config", "config_hash", "history"}
     # resume from the output directory with more epochs and one worker: 12 / 2 = 6 steps for epoch 1
     assert finetune.main(common + ["--epochs", "2", "--num-workers", "1"]) == 0
     ckpt = load_torch_file(str(ft_out / "checkpoint.pt"))
-    assert (ckpt["epoch"], ckpt["step"]) == (2, 9)
+    assert (ckpt["position"]["epoch"], ckpt["step"]) == (2, 9)
     assert [h["epoch"] for h in ckpt["history"]] == [0, 1]
     summary = json.loads((ft_out / "finetune_summary.json").read_text())
     assert summary["steps"] == 9 and summary["arch"] == "resnet18" and np.isfinite(summary["final"]["loss"])
     assert (ft_out / "finetune_loss.png").stat().st_size > 1000
-    from test_pretrain import read_tensorboard     # TensorBoard's own reader: both submissions' 9 steps
-    scalars = read_tensorboard(str(ft_out))
+    assert storage.read_json(str(ft_out / "_manifest.json"))["status"] == "complete"
+    scalars = read_tensorboard(str(ft_out))     # TensorBoard's own reader: both submissions' 9 steps
     assert [s for s, _ in scalars["train/loss"]] == list(range(1, 10)) and "train/loss_3d" in scalars
 
     ev_out = run / "eval"

@@ -1,24 +1,24 @@
 """The similar-hands graph (SPEC §2): per-shard faiss search that excludes the query's video, the sharded
 fan-out + merge on Ray (exact = brute force for any shard count; approximate held to a recall floor), and
-the graph stage over a hands table (excluded hands, resume, manifest)."""
+the graph stage over a hands table (excluded hands, resume, the stage manifest)."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from builders import graph_config, hands_table, pose_hands, write_hands
 
 from simhand_ray import storage
-from simhand_ray.config import GraphConfig
-from simhand_ray.graph.index import IndexParams, ShardIndex, auto_nlist, auto_pq_m
-from simhand_ray.graph.knn import (
-    StageConfigMismatch, knn_search, merge_topk, run_graph_stage, shard_bounds, video_ranges,
-)
-from simhand_ray.mining.descriptors import hand_descriptors
-from simhand_ray.schema import GRAPH, HANDS
-
+from simhand_ray.config import GraphResources, IndexConfig
+from simhand_ray.graph.descriptors import hand_descriptors
+from simhand_ray.graph.graph_stage import EXCLUDED_REASONS, PCA, run_graph_stage
+from simhand_ray.graph.index import ShardIndex, auto_nlist, auto_pq_m
+from simhand_ray.graph.knn import knn_search, merge_topk, shard_bounds, video_ranges
+from simhand_ray.graph.recall import recall_at_k
+from simhand_ray.schema import GRAPH
+from simhand_ray.stage import StageManifest, StageMismatch
 
 # --- data and the slow reference -----------------------------------------------------------------------
 
@@ -44,10 +44,6 @@ def brute_force(x: np.ndarray, video: np.ndarray, k: int, exclude_own: bool = Tr
     ids = np.argsort(d2, axis=1, kind="stable")[:, :k]
     dist = np.take_along_axis(d2, ids, 1)
     return np.where(np.isinf(dist), -1, ids), np.sqrt(dist)
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
 # --- pure parts ------------------------------------------------------------------------------------------
@@ -82,12 +78,12 @@ def test_shard_index_exact_excludes_own_video(small_group):
     x, video = clustered([1, 3, 40, 7, 60, 2, 25, 12], seed=1)
     lo, hi = video_ranges(video)
     truth, tdist = brute_force(x, video, 8)
-    shard = ShardIndex(x, 0, IndexParams(kind="flat", small_group=small_group))
+    shard = ShardIndex(x, 0, IndexConfig(kind="flat", small_group=small_group))
     ids, d2 = shard.search(x, lo, hi, 8)
     np.testing.assert_array_equal(ids, truth)
     np.testing.assert_allclose(np.sqrt(d2), tdist, rtol=1e-6)
     # a shard holding ids [50, 120): global ids out, still never the query's video
-    part = ShardIndex(x[50:120], 50, IndexParams(kind="flat", small_group=small_group))
+    part = ShardIndex(x[50:120], 50, IndexConfig(kind="flat", small_group=small_group))
     pids, _ = part.search(x, lo, hi, 5)
     ok = pids >= 0
     assert ((pids[ok] >= 50) & (pids[ok] < 120)).all()
@@ -108,7 +104,7 @@ def test_exact_graph_equals_brute_force_for_any_shard_count(ray_cluster):
     assert (video[plain] == video[:, None]).mean() > 0.6  # the exclusion matters on this data
     results = {}
     for s in (1, 3):
-        cfg = GraphConfig(k=10, shards=s, query_batch=128, small_group=20)
+        cfg = graph_config(k=10, shards=s, small_group=20, resources=GraphResources(query_batch=128))
         ids, dist, stats = knn_search(x, video, cfg)
         assert len(stats["workers"]) == s
         np.testing.assert_array_equal(ids, truth)
@@ -122,7 +118,7 @@ def test_exact_graph_equals_brute_force_for_any_shard_count(ray_cluster):
 
 def test_fewer_than_k_neighbours_are_padded(ray_cluster):
     x, video = clustered([2, 3, 4], seed=3)
-    ids, dist, _ = knn_search(x, video, GraphConfig(k=10, shards=2))
+    ids, dist, _ = knn_search(x, video, graph_config(k=10, shards=2))
     found = (ids >= 0).sum(1)
     np.testing.assert_array_equal(found, [7, 7, 6, 6, 6, 5, 5, 5, 5])
     assert np.isinf(dist[ids < 0]).all() and np.isfinite(dist[ids >= 0]).all()
@@ -141,53 +137,31 @@ def test_approximate_shards_recall_floor(kind):
     x, video = approximate_data()
     lo, hi = video_ranges(video)
     truth, _ = brute_force(x, video, 10)
-    shards = [ShardIndex(x[a:b], a, IndexParams(kind=kind)) for a, b in shard_bounds(len(x), 2)]
+    shards = [ShardIndex(x[a:b], a, IndexConfig(kind=kind)) for a, b in shard_bounds(len(x), 2)]
     ids, _ = merge_topk([s.search(x, lo, hi, 15) for s in shards], 10)
     assert (ids >= 0).all()
     assert not (video[ids] == video[:, None]).any()
-    assert recall(ids, truth) >= 0.95
+    assert recall_at_k(ids, truth) >= 0.95
 
 
 def test_approximate_graph_on_ray_recall_floor(ray_cluster):
     x, video = approximate_data()
     truth, _ = brute_force(x, video, 10)
-    ids, _, _ = knn_search(x, video, GraphConfig(k=10, shards=2, index="ivf", query_batch=512))
+    ids, _, _ = knn_search(x, video, graph_config(k=10, shards=2, kind="ivf",
+                                                  resources=GraphResources(query_batch=512)))
     assert (ids >= 0).all()
     assert not (video[ids] == video[:, None]).any()
-    assert recall(ids, truth) >= 0.95
+    assert recall_at_k(ids, truth) >= 0.95
+
+
+def test_recall_ignores_missing_neighbours():
+    truth = np.array([[1, 2, -1], [-1, -1, -1], [4, 5, 6]])
+    found = np.array([[2, -1, -1], [-1, -1, -1], [6, 7, 4]])
+    assert recall_at_k(found, truth) == pytest.approx((1 / 2 + 2 / 3) / 2)   # the empty row has nothing to find
+    assert recall_at_k(truth, truth) == 1.0 and recall_at_k(found[1:2], truth[1:2]) == 1.0
 
 
 # --- the graph stage ---------------------------------------------------------------------------------------
-
-def pose_hands(n_videos: int, per_video: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Pose-like keypoints (N, 21, 2): each video jitters around its own random hand. -> (kp, video)."""
-    rng = np.random.default_rng(seed)
-    base = rng.uniform(40, 180, (n_videos, 21, 2))
-    video = np.repeat(np.arange(n_videos), per_video)
-    kp = base[video] + rng.normal(0, 4.0, (len(video), 21, 2))
-    return kp.astype(np.float32), video
-
-
-def hands_table(kp: np.ndarray, video: np.ndarray, source: str = "test", jpegs=None) -> pa.Table:
-    n = len(kp)
-    frame = np.arange(n)
-    return pa.table({
-        "hand_id": [f"{source}:v{v:03d}:{f:08d}:0" for v, f in zip(video, frame)],
-        "source": [source] * n, "video_id": [f"v{v:03d}" for v in video],
-        "uri": [f"/data/v{v:03d}.mp4" for v in video], "frame_index": frame, "hand_index": np.zeros(n, np.int32),
-        "image_width": np.full(n, 640, np.int32), "image_height": np.full(n, 480, np.int32),
-        "box": [[0.0, 0.0, 100.0, 100.0]] * n, "crop_box": [[0.0, 0.0, 130.0, 130.0]] * n,
-        "handedness": ["right"] * n, "handedness_score": np.ones(n, np.float32), "det_score": np.ones(n, np.float32),
-        "keypoints": list(kp.reshape(n, 42)), "keypoint_scores": [np.ones(21, np.float32)] * n,
-        "crop_jpeg": jpegs if jpegs is not None else [b""] * n,
-    }, schema=HANDS)
-
-
-def write_hands(out: str, table: pa.Table, files: int = 2) -> None:
-    step = -(-len(table) // files)
-    for i in range(files):
-        storage.write_parquet_atomic(table.slice(i * step, step), storage.join(out, "hands", f"h{i}.parquet"))
-
 
 def test_graph_stage_writes_graph_resumes_and_checks_config(ray_cluster, tmp_path):
     kp, video = pose_hands(12, 15, seed=5)
@@ -197,7 +171,7 @@ def test_graph_stage_writes_graph_resumes_and_checks_config(ray_cluster, tmp_pat
     out = str(tmp_path / "mine")
     # shuffled over two files: the stage must not depend on the hands' order on disk
     write_hands(out, table.take(np.random.default_rng(0).permutation(len(table))))
-    cfg = GraphConfig(output=out, k=5, shards=2, rows_per_part=50, query_batch=32)
+    cfg = graph_config(out, k=5, shards=2, rows_per_part=50, resources=GraphResources(query_batch=32))
     summary = run_graph_stage(cfg)
     assert summary["hands"] == 180 and summary["with_descriptor"] == 178 and summary["excluded"] == 2
     assert summary["excluded_reasons"] == {"nonfinite_keypoints": 1, "degenerate_scale": 1}
@@ -206,7 +180,7 @@ def test_graph_stage_writes_graph_resumes_and_checks_config(ray_cluster, tmp_pat
     graph = storage.read_parquet(storage.join(out, "graph"), schema=GRAPH)
     assert len(graph) == 180 and len(set(graph["hand_id"].to_pylist())) == 180
     rows = {r["hand_id"]: r for r in graph.to_pylist()}
-    excluded = storage.read_json(storage.join(out, "graph", "excluded.json"))
+    excluded = storage.read_json(storage.join(out, "graph", EXCLUDED_REASONS))
     assert sorted(excluded["reasons"]) == ["degenerate_scale", "nonfinite_keypoints"]
     for h in excluded["hand_ids"]:
         assert rows[h]["neighbor_ids"] == []
@@ -221,31 +195,31 @@ def test_graph_stage_writes_graph_resumes_and_checks_config(ray_cluster, tmp_pat
         assert r["neighbor_ids"] == [ids[valid[j]] for j in truth[i]]
         np.testing.assert_allclose(r["distances"], tdist[i], rtol=1e-5)
 
-    manifest = storage.read_json(storage.join(out, "graph", "manifest.json"))
-    assert manifest["complete"] and manifest["config_hash"] == summary["config_hash"]
+    manifest = StageManifest.read(storage.join(out, "graph"), "graph")
+    assert manifest.complete and manifest.config_hash == summary["config_hash"]
 
     # a crash that lost one part: the re-run computes only that part, with the same result
     os.remove(os.path.join(out, "graph", "part-00001.parquet"))
-    m = dict(manifest, complete=False)
-    (tmp_path / "mine" / "graph" / "manifest.json").write_text(json.dumps(m))
+    manifest.update(status="incomplete")
     again = run_graph_stage(cfg)
     assert again["parts_computed"] == 1 and not again.get("reused")
     assert storage.read_parquet(storage.join(out, "graph"), schema=GRAPH).sort_by("hand_id").equals(
         graph.sort_by("hand_id"))
     assert run_graph_stage(cfg)["reused"] is True
     # resources do not change the result: same hash, reused
-    assert run_graph_stage(GraphConfig(output=out, k=5, shards=3, rows_per_part=50, query_batch=7))["reused"]
-    with pytest.raises(StageConfigMismatch):
-        run_graph_stage(GraphConfig(output=out, k=6, rows_per_part=50))
+    assert run_graph_stage(graph_config(out, k=5, shards=3, rows_per_part=50,
+                                        resources=GraphResources(query_batch=7)))["reused"]
+    with pytest.raises(StageMismatch, match="k: 5 -> 6"):
+        run_graph_stage(graph_config(out, k=6, rows_per_part=50))
 
 
 def test_graph_stage_with_pca(ray_cluster, tmp_path):
     kp, video = pose_hands(6, 10, seed=6)
     out = str(tmp_path / "mine")
     write_hands(out, hands_table(kp, video), files=1)
-    summary = run_graph_stage(GraphConfig(output=out, k=3, pca_dim=6, index="ivf"))
+    summary = run_graph_stage(graph_config(out, k=3, pca_dim=6, kind="ivf"))
     assert summary["dim"] == 6 and summary["fewer_than_k"] == 0
-    assert storage.exists(storage.join(out, "graph", "pca.npz"))
+    assert storage.exists(storage.join(out, "graph", PCA))
     g = storage.read_parquet(storage.join(out, "graph"), schema=GRAPH).to_pylist()
     vid = {h: h.split(":")[1] for h in (r["hand_id"] for r in g)}
     for r in g:
@@ -259,7 +233,7 @@ def test_duplicate_hand_ids_are_named_with_their_files(tmp_path):
     out = str(tmp_path / "mine")
     write_hands(out, pa.concat_tables([table, table.slice(2, 2)]), files=2)   # two hands written twice
     with pytest.raises(ValueError, match="hand_id is not unique") as e:
-        run_graph_stage(GraphConfig(output=out, k=3))
+        run_graph_stage(graph_config(out, k=3))
     msg = str(e.value)
     for hid in table["hand_id"].to_pylist()[2:4]:
         assert hid in msg

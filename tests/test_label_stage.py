@@ -1,5 +1,5 @@
 """The label stage end to end through real Ray: sample data, local vs S3, bad inputs, kill + re-run, job
-submit, ids stable across runs with other inputs; the settings check against a concurrent job."""
+submit, ids stable across runs with other inputs; its stage manifest against a concurrent job and older outputs."""
 import json
 import os
 import shutil
@@ -16,12 +16,13 @@ from conftest import REPO, hand_ids, real_data
 from simhand_ray import schema, storage
 from simhand_ray.config import LabelConfig
 from simhand_ray.mining.crops import decode_jpeg
+from simhand_ray.stage import MANIFEST, StageManifest, StageMismatch
 
 pytestmark = pytest.mark.slow
 
 
 def run_stage(inputs, output, **kw):
-    from simhand_ray.mining.pipeline import run_label_stage
+    from simhand_ray.mining.label_stage import run_label_stage
     return run_label_stage(LabelConfig(inputs=tuple(map(str, inputs)), output=str(output), **kw), progress=False)
 
 
@@ -37,10 +38,10 @@ def sample_dir(tmp_path_factory):
 def test_local_and_s3_outputs_hold_the_same_hands(ray_cluster, sample_dir, tmp_path, s3_bucket, monkeypatch):
     """Local output with videos planned in driver threads; S3 output with them planned in Ray tasks (as
     for a large input): the same hands."""
-    from simhand_ray.mining import pipeline
+    from simhand_ray.mining import work_items
 
     local = run_stage([sample_dir], tmp_path / "out", segment_frames=100)
-    monkeypatch.setattr(pipeline, "INLINE_PLAN_MAX_VIDEOS", 0)
+    monkeypatch.setattr(work_items, "INLINE_PLAN_MAX_VIDEOS", 0)
     remote = run_stage([sample_dir], f"{s3_bucket}/out", segment_frames=100)
     monkeypatch.undo()
     ids = hand_ids(tmp_path / "out")
@@ -55,13 +56,14 @@ def test_local_and_s3_outputs_hold_the_same_hands(ray_cluster, sample_dir, tmp_p
     assert kp.shape == (len(hands), 21, 2) and np.all((kp >= -1) & (kp <= 225))
     for jpeg in hands["crop_jpeg"].to_pylist():
         assert decode_jpeg(jpeg).shape == (224, 224, 3)
-    manifest = storage.read_json(str(tmp_path / "out" / "label_manifest.json"))
-    assert manifest["config"]["filter"]["min_det_score"] == 0.5        # thresholds recorded with the output
+    manifest = StageManifest.require_complete(str(tmp_path / "out"), "label", "")
+    assert manifest.record["settings"]["config"]["filter"]["min_det_score"] == 0.5   # thresholds recorded
+    assert manifest.summary["work_items_run"] == 3
     # a re-run over a finished output does nothing and changes nothing
     again = run_stage([sample_dir], tmp_path / "out", segment_frames=100)
     assert again["work_items_run"] == 0 and hand_ids(tmp_path / "out") == ids
     # other settings into the same output: refused
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(StageMismatch, match="other settings.*every_n: 30 -> 10"):
         run_stage([sample_dir], tmp_path / "out", segment_frames=100, every_n=10)
 
 
@@ -167,7 +169,7 @@ def test_ids_stay_the_same_when_inputs_are_added_removed_or_reordered(ray_cluste
     # a run that fails on a missing input, with other settings, leaves nothing that blocks the next one
     with pytest.raises(Exception, match="input not found"):
         run_stage([a, tmp_path / "missing"], out, every_n=7, **kw)
-    assert not storage.exists(str(out / "label_manifest.json"))
+    assert not storage.exists(str(out / MANIFEST))
     first = run_stage([a], out, **kw)
     ids_a = hand_ids(out)
     assert first["images"] == 3 and len(ids_a) % 3 == 0 and ids_a
@@ -198,27 +200,30 @@ def out_root(request, tmp_path):
 
 
 def test_settings_check_is_atomic_against_a_concurrent_job(out_root):
-    from simhand_ray.mining.pipeline import check_manifest
-    from test_storage_atomic import race
+    from builders import race
+    from simhand_ray.mining.label_stage import open_output
 
     cfgs = [LabelConfig(output=out_root, every_n=n) for n in (10, 30)]
-    results = race(8, lambda i: check_manifest(cfgs[i % 2]))
-    passed = {i % 2 for i, r in enumerate(results) if r is None}
-    refused = [r for r in results if r is not None]
+    results = race(8, lambda i: open_output(cfgs[i % 2]))
+    passed = {i % 2 for i, r in enumerate(results) if isinstance(r, StageManifest)}
+    refused = [r for r in results if not isinstance(r, StageManifest)]
     assert len(passed) == 1 and len(refused) == 4, results           # one settings wins, all of its jobs pass
-    assert all(isinstance(r, ValueError) and "other settings" in str(r) for r in refused)
-    stamp = storage.read_json(storage.join(out_root, "label_manifest.json"))
-    assert stamp["config"]["every_n"] == cfgs[passed.pop()].every_n
+    assert all(isinstance(r, StageMismatch) and "other settings" in str(r) for r in refused)
+    stamp = StageManifest.read(out_root, "label")
+    assert stamp.record["settings"]["config"]["every_n"] == cfgs[passed.pop()].every_n
 
 
-def test_output_of_an_older_id_scheme_is_refused(tmp_path):
-    from simhand_ray.mining.pipeline import check_manifest
+def test_outputs_of_an_older_id_scheme_or_version_are_refused(tmp_path):
+    from simhand_ray.mining.label_stage import ID_SCHEME, open_output
 
-    cfg = LabelConfig(output=str(tmp_path))
-    old = {"config_hash": storage.config_hash(cfg.result_dict()), "config": cfg.result_dict()}   # as written before
-    storage.write_json_atomic(str(tmp_path / "label_manifest.json"), old)
-    with pytest.raises(ValueError, match="another id scheme"):
-        check_manifest(cfg)
+    cfg = LabelConfig(output=str(tmp_path / "scheme"))
+    StageManifest.open(cfg.output, "label", {"config": cfg.result_dict(), "id_scheme": ID_SCHEME - 1})
+    with pytest.raises(StageMismatch, match=f"id_scheme: {ID_SCHEME - 1} -> {ID_SCHEME}"):
+        open_output(cfg)
+    old = LabelConfig(output=str(tmp_path / "old"))    # the stamp an older version wrote
+    storage.write_json_atomic(str(tmp_path / "old" / "label_manifest.json"), {"config": old.result_dict()})
+    with pytest.raises(StageMismatch, match="older simhand-ray"):
+        open_output(old)
 
 
 def test_a_partly_labeled_video_keeps_its_ids_when_reached_by_another_route(ray_cluster, tmp_path):

@@ -69,3 +69,30 @@ def test_a_process_that_exits_with_a_labeler_open_prints_no_trace():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "1"
     assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_mediapipe_start_up_chatter_is_dropped_and_other_native_lines_pass(tmp_path):
+    """A labeler that loads and finds a hand in a non-square frame prints none of MediaPipe's start-up lines;
+    a line native code writes to stderr inside the filter that is not one of them still gets through."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = ("import os, numpy as np\n"
+           "from simhand_ray.config import LabelerConfig\n"
+           "from simhand_ray.mining.frames import read_image\n"
+           "from simhand_ray.mining.labelers import build_labeler\n"
+           "from simhand_ray.mining.labelers.mediapipe import native_stderr_filtered\n"
+           f"img = read_image({str(real_data('images', 'handSrc.jpg'))!r})\n"
+           "wide = np.zeros((img.shape[0], img.shape[1] * 2, 3), np.uint8); wide[:, :img.shape[1]] = img\n"
+           "lab = build_labeler(LabelerConfig())\n"
+           "print(len(lab.label([wide])[0]))\n"
+           "with native_stderr_filtered():\n"
+           "    os.write(2, b'E0000 something a user must see\\n')\n")
+    r = subprocess.run([sys.executable, "-c", src], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
+    for chatter in ("XNNPACK", "InitGoogle", "Feedback manager", "NORM_RECT"):
+        assert chatter not in r.stderr, r.stderr
+    assert "something a user must see" in r.stderr

@@ -2,66 +2,20 @@
 the row, Parquet shards written atomically to a local dir or s3://, a re-run resumes; the mine CLI."""
 from __future__ import annotations
 
-import json
-
 import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import real_data
+from builders import graph_config, hands_with_crops, write_hands
 
 from simhand_ray import storage
-from simhand_ray.config import GraphConfig
-from simhand_ray.graph.knn import StageConfigMismatch, run_graph_stage
-from simhand_ray.graph.pairs import (
-    MONTAGE, assemble_pairs, draw_hand, pairs_montage, run_pairs_stage, select_positives,
-)
-from simhand_ray.schema import GRAPH, HANDS, PAIRS, keypoints_array
-
-IMAGES = ("handSrc.jpg", "fruits.jpg", "building.jpg", "messi5.jpg")
-
-
-def real_crops(n: int, seed: int = 0) -> list[bytes]:
-    """n distinct 224x224 JPEG crops cut from the real sample photos (each stamped with its index)."""
-    rng = np.random.default_rng(seed)
-    photos = [cv2.imread(str(real_data("images", name))) for name in IMAGES]
-    out = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        h, w = img.shape[:2]
-        side = int(rng.integers(min(h, w) // 3, min(h, w)))
-        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = cv2.resize(img[y:y + side, x:x + side], (224, 224), interpolation=cv2.INTER_AREA)
-        cv2.putText(crop, str(i), (8, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 255, 255), 2)
-        out.append(cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-    return out
-
-
-def hands_table(n_videos: int, per_video: int, seed: int = 0) -> pa.Table:
-    """A HANDS table: pose-like keypoints jittering around one random hand per video, real JPEG crops."""
-    rng = np.random.default_rng(seed)
-    base = rng.uniform(40, 180, (n_videos, 21, 2))
-    video = np.repeat(np.arange(n_videos), per_video)
-    n = len(video)
-    kp = (base[video] + rng.normal(0, 4.0, (n, 21, 2))).astype(np.float32)
-    kp[3, 5] = np.nan  # one hand without a descriptor: no neighbours, so no pair
-    return pa.table({
-        "hand_id": [f"src{v % 2}:v{v:03d}:{i:08d}:0" for i, v in enumerate(video)],
-        "source": [f"src{v % 2}" for v in video], "video_id": [f"v{v:03d}" for v in video],
-        "uri": [f"/data/v{v:03d}.mp4" for v in video], "frame_index": np.arange(n),
-        "hand_index": np.zeros(n, np.int32), "image_width": np.full(n, 640, np.int32),
-        "image_height": np.full(n, 480, np.int32), "box": [[0.0, 0.0, 100.0, 100.0]] * n,
-        "crop_box": [[0.0, 0.0, 130.0, 130.0]] * n, "handedness": ["right"] * n,
-        "handedness_score": np.ones(n, np.float32), "det_score": np.ones(n, np.float32),
-        "keypoints": list(kp.reshape(n, 42)), "keypoint_scores": [np.ones(21, np.float32)] * n,
-        "crop_jpeg": real_crops(n, seed),
-    }, schema=HANDS)
-
-
-def write_hands(out: str, table: pa.Table, files: int = 3) -> None:
-    step = -(-len(table) // files)
-    for i in range(files):
-        storage.write_parquet_atomic(table.slice(i * step, step), storage.join(out, "hands", f"h{i}.parquet"))
+from simhand_ray.config import GraphResources, PairsConfig
+from simhand_ray.drawing import draw_hand
+from simhand_ray.graph.graph_stage import run_graph_stage
+from simhand_ray.graph.pairs import assemble_pairs, run_pairs_stage, select_positives
+from simhand_ray.graph.pairs_montage import MONTAGE, pairs_montage
+from simhand_ray.schema import GRAPH, PAIRS, keypoints_array
+from simhand_ray.stage import StageManifest, StageMismatch
 
 
 def check_pairs(out: str, hands: pa.Table, positive_rank: int = 0) -> pa.Table:
@@ -107,7 +61,7 @@ def test_select_positives_rank_and_fallback():
 
 
 def test_assemble_pairs_and_montage():
-    hands = hands_table(2, 3).select(["hand_id", "source", "keypoints", "crop_jpeg"])
+    hands = hands_with_crops(2, 3).select(["hand_id", "source", "keypoints", "crop_jpeg"])
     ids = hands["hand_id"].to_pylist()
     pairs = pa.table({"anchor_id": [ids[0], ids[4]], "positive_id": [ids[5], ids[1]],
                       "distance": pa.array([0.2, 0.3], pa.float32())})
@@ -119,17 +73,18 @@ def test_assemble_pairs_and_montage():
     img = pairs_montage(t, n=16, pairs_per_row=4, tile=100)
     assert img.shape == (100, 4 * 206 - 6, 3) and img[:, :200].std() > 0
     crop = cv2.imdecode(np.frombuffer(hands["crop_jpeg"][0].as_py(), np.uint8), cv2.IMREAD_COLOR)
-    drawn = draw_hand(crop, keypoints_array(hands["keypoints"])[0])
+    drawn = draw_hand(crop, keypoints_array(hands["keypoints"])[0], bgr=True)
     assert drawn.shape == crop.shape and (drawn != crop).any()
 
 
 # --- the stage -------------------------------------------------------------------------------------------
 
 def test_pairs_stage_local_resume_and_config_check(ray_cluster, tmp_path):
-    hands = hands_table(8, 6, seed=1)
+    hands = hands_with_crops(8, 6, seed=1)
     out = str(tmp_path / "mine")
-    write_hands(out, hands)
-    cfg = GraphConfig(output=out, k=4, shards=2, pairs_per_shard=7, pairs_wave=4, montage_pairs=8)
+    write_hands(out, hands, files=3)
+    cfg = graph_config(out, k=4, shards=2, pairs=PairsConfig(pairs_per_shard=7, montage_pairs=8),
+                       resources=GraphResources(pairs_wave=4))
     run_graph_stage(cfg)
     summary = run_pairs_stage(cfg)
     assert summary["pairs"] == 47 and summary["hands_without_neighbor"] == 1
@@ -143,15 +98,14 @@ def test_pairs_stage_local_resume_and_config_check(ray_cluster, tmp_path):
 
     # a crash that lost one shard: the re-run writes only that shard, with the same rows
     storage.delete(files[3])
-    manifest = storage.join(out, "pairs", "manifest.json")
-    storage.write_json_atomic(manifest, dict(storage.read_json(manifest), complete=False))
+    StageManifest.read(storage.join(out, "pairs"), "pairs").update(status="incomplete")
     again = run_pairs_stage(cfg)
     assert again["shards_written"] == 1 and not again.get("reused")
     assert check_pairs(out, hands).sort_by("anchor_id").equals(pairs.sort_by("anchor_id"))
     assert run_pairs_stage(cfg)["reused"] is True
 
-    rank1 = GraphConfig(output=out, k=4, shards=2, pairs_per_shard=7, positive_rank=1)
-    with pytest.raises(StageConfigMismatch):
+    rank1 = graph_config(out, k=4, shards=2, pairs=PairsConfig(pairs_per_shard=7, montage_pairs=8, positive_rank=1))
+    with pytest.raises(StageMismatch, match="positive_rank: 0 -> 1"):
         run_pairs_stage(rank1)
     storage.delete(storage.join(out, "pairs"))
     assert run_pairs_stage(rank1)["positive_rank"] == 1
@@ -159,33 +113,34 @@ def test_pairs_stage_local_resume_and_config_check(ray_cluster, tmp_path):
 
 
 def test_pairs_stage_on_s3(ray_cluster, s3_bucket):
-    hands = hands_table(5, 5, seed=2)
+    hands = hands_with_crops(5, 5, seed=2)
     out = f"{s3_bucket}/mine"
     write_hands(out, hands, files=2)
-    cfg = GraphConfig(output=out, k=3, pairs_per_shard=10)
+    cfg = graph_config(out, k=3, pairs=PairsConfig(pairs_per_shard=10))
     assert run_graph_stage(cfg)["with_descriptor"] == 24
     summary = run_pairs_stage(cfg)
     assert summary["pairs"] == 24 and summary["shards"] == 3
     check_pairs(out, hands)
-    assert storage.exists(f"{out}/pairs/{MONTAGE}") and storage.exists(f"{out}/pairs/manifest.json")
+    assert storage.exists(f"{out}/pairs/{MONTAGE}") and StageManifest.read(f"{out}/pairs", "pairs").complete
     assert run_pairs_stage(cfg)["reused"] is True
 
 
 def test_pairs_stage_needs_a_finished_graph(tmp_path):
     with pytest.raises(FileNotFoundError):
-        run_pairs_stage(GraphConfig(output=str(tmp_path)))
+        run_pairs_stage(graph_config(str(tmp_path)))
 
 
 def test_mine_cli_graph_then_pairs(ray_cluster, tmp_path, caplog):
     import mine
 
-    hands = hands_table(4, 5, seed=3)
+    hands = hands_with_crops(4, 5, seed=3)
     out = str(tmp_path / "mine")
     write_hands(out, hands, files=1)
     common = ["--output", out, "--k", "3", "--shards", "2", "--index", "ivf", "--pca-dim", "8"]
     assert mine.main(["--stage", "graph", *common]) == 0
-    graph_manifest = storage.read_json(storage.join(out, "graph", "manifest.json"))
-    assert graph_manifest["complete"] and graph_manifest["config"]["index"] == "ivf"
+    graph_manifest = StageManifest.read(storage.join(out, "graph"), "graph")
+    assert graph_manifest.complete and graph_manifest.record["settings"]["index"]["kind"] == "ivf"
     assert mine.main(["--stage", "pairs", *common, "--positive-rank", "2"]) == 0
     check_pairs(out, hands, positive_rank=2)
-    assert json.loads(json.dumps(storage.read_json(storage.join(out, "pairs", "manifest.json"))))["complete"]
+    pairs_manifest = StageManifest.read(storage.join(out, "pairs"), "pairs")
+    assert pairs_manifest.complete and pairs_manifest.record["settings"]["graph"] == graph_manifest.config_hash

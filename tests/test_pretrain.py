@@ -14,7 +14,6 @@ import sys
 import time
 import warnings
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,43 +22,14 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO, real_data
-from simhand_ray import schema, storage
+from builders import make_pairs, read_tensorboard
+from conftest import REPO
+from simhand_ray import storage
 from simhand_ray.config import AugmentConfig, PretrainConfig
+from simhand_ray.stage import MANIFEST
 from simhand_ray.train import checkpoint, data, metrics
 from simhand_ray.train.loop import Plan, build_training, train_step
 from simhand_ray.train.run import plan_run
-from test_augment import HAND
-
-IMAGES = ("handSrc.jpg", "messi5.jpg", "fruits.jpg", "building.jpg", "Back_Projection1_Source_Image.jpg")
-
-
-def make_pairs(uri: str, n: int = 16, files: int = 2, seed: int = 0, split: int = 12) -> None:
-    """``n`` pairs of 224x224 crops of the real sample images; the first ``split`` rows from source "ego4d",
-    the rest from "100doh"; keypoints are the HAND layout turned, scaled and jittered per crop."""
-    rng = np.random.default_rng(seed)
-    images = [cv2.imread(str(real_data("images", name))) for name in IMAGES]
-    rows = []
-    for i in range(n):
-        crops, kps = [], []
-        for _ in range(2):
-            im = images[rng.integers(len(images))]
-            s = int(rng.integers(160, min(im.shape[:2]) + 1))
-            y0, x0 = rng.integers(0, im.shape[0] - s + 1), rng.integers(0, im.shape[1] - s + 1)
-            crops.append(cv2.imencode(".jpg", cv2.resize(im[y0:y0 + s, x0:x0 + s], (224, 224)))[1].tobytes())
-            a = np.deg2rad(rng.uniform(-30, 30))
-            rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-            kp = (HAND - 112) @ rot.T * rng.uniform(0.7, 1.0) + 112 + rng.normal(0, 3, size=HAND.shape)
-            kps.append(kp.astype(np.float32).reshape(-1).tolist())
-        src = "ego4d" if i < split else "100doh"
-        rows.append({"anchor_id": f"{src}:a{i}:{i:08d}:0", "positive_id": f"{src}:p{i}:{i:08d}:0",
-                     "anchor_jpeg": crops[0], "positive_jpeg": crops[1], "anchor_keypoints": kps[0],
-                     "positive_keypoints": kps[1], "distance": float(rng.uniform()), "source": src})
-    per = -(-n // files)
-    for f in range(files):
-        table = pa.Table.from_pylist(rows[f * per:(f + 1) * per], schema=schema.PAIRS)
-        storage.write_parquet_atomic(table, storage.join(uri, f"part-{f:05d}.parquet"))
-
 
 @pytest.fixture(scope="module")
 def local_pairs(tmp_path_factory):
@@ -72,8 +42,8 @@ def _stream_rows(index, weights, seed, interleave, epochs, start=0):
     """The stream as (epoch, unit, row, copy) tuples, from the plan (what read_items emits, in order)."""
     out = []
     for it in data.plan_items(index, weights, seed, interleave, epochs, start):
-        pos, rows, copies = data.item_rows(seed, it["epoch"], it["item"], it["units"], index, weights)
-        out += [(it["epoch"], it["units"][p], r, c) for p, r, c in zip(pos, rows, copies)][it["skip"]:]
+        pos, rows, copies = data.item_rows(seed, it.epoch, it.item, it.units, index, weights)
+        out += [(it.epoch, it.units[p], r, c) for p, r, c in zip(pos, rows, copies)][it.skip:]
     return out
 
 
@@ -128,9 +98,7 @@ def test_read_items_gives_rows_for_augment(local_pairs):
     index = data.index_pairs(local_pairs, max_unit_rows=2048)
     w = data.source_weights(index, balance=True)
     items = data.plan_items(index, w, seed=0, interleave=2, num_epochs=1)
-    batch = {k: np.array([it[k] for it in items[:1]] if k != "units" else [np.array(items[0]["units"])],
-                         dtype=None if k != "units" else object) for k in ("epoch", "item", "units", "skip")}
-    rows = data.read_items(batch, index=index, weights=w, seed=0, uses_positive=True)
+    rows = data.read_items(data.item_batch(items[:1]), index=index, weights=w, seed=0, uses_positive=True)
     n = len(rows["row_key"])
     assert rows["anchor_keypoints"].shape == (n, 21, 2) and len(rows["positive_jpeg"]) == n
     views = data.augment.augment_batch(rows, seed=0, uses_positive=True, cfg=AugmentConfig(size=64))
@@ -306,7 +274,7 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(4, 4, 12) == 1.0 and warmup_cosine(8, 4, 12) == pytest.approx(0.5)
     assert warmup_cosine(12, 4, 12) == pytest.approx(0.0, abs=1e-12)
     m = torch.nn.Linear(2, 2)
-    opt, sched = build_optimizer(m, 0.4, 1e-6, 0.02, 2, 6)
+    opt, sched = build_optimizer(m, 0.4, 1e-6, 2, 6, eta=0.02)
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])
@@ -321,7 +289,7 @@ def test_float16_loss_scaling_works_with_the_lars_wrapper():
     from simhand_ray.train.optim import build_optimizer
 
     m = torch.nn.Linear(4, 2)
-    opt, sched = build_optimizer(m, 1e-2, 1e-6, 0.02, 0, 10)
+    opt, sched = build_optimizer(m, 1e-2, 1e-6, 0, 10)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     before = m.weight.detach().clone()
     scaler.scale(m(torch.randn(3, 4)).pow(2).sum()).backward()
@@ -340,9 +308,7 @@ def test_loss_falls_when_overfitting_a_fixed_batch(local_pairs):
     index = data.index_pairs(local_pairs, max_unit_rows=2048)
     w = np.ones(len(index.sources))
     items = data.plan_items(index, w, seed=0, interleave=1, num_epochs=1)[:1]
-    batch = {"epoch": np.array([0]), "item": np.array([0]), "units": np.array([np.array(items[0]["units"])],
-                                                                              dtype=object), "skip": np.array([0])}
-    rows = data.read_items(batch, index=index, weights=w, seed=0, uses_positive=True)
+    rows = data.read_items(data.item_batch(items), index=index, weights=w, seed=0, uses_positive=True)
     views = data.augment.augment_batch(rows, seed=0, uses_positive=True, cfg=cfg.augment)
     fixed = {k: torch.from_numpy(v) for k, v in views.items() if k != "epoch"}
     torch.manual_seed(0)
@@ -405,15 +371,17 @@ def test_pretrain_job_on_s3_two_workers_with_failure_and_resubmission(ray_cluste
             "--max-failures", "1", "--no-balance-sources", "--fixed-views", "--image-size", "64",
             "--augment-batch-size", "8"]
     assert pretrain.main(args + ["--stop-at-step", "4", "--fail-at-step", "3"]) == 0
-    summary = storage.read_json(storage.join(out, "pretrain.json"))
-    assert summary["status"] == "stopped" and summary["step"] == 4 and summary["trunk"] is None
+    manifest = storage.read_json(storage.join(out, MANIFEST))
+    summary = manifest["summary"]
+    assert manifest["status"] == summary["status"] == "stopped" and summary["step"] == 4 and summary["trunk"] is None
     assert storage.exists(storage.join(out, "events", "injected-failure-00000003.json"))
     assert pretrain.main(args) == 2          # the output holds a run and --resume is not given
     if submit_job(ray_cluster, [sys.executable, "jobs/pretrain.py", *args, "--resume"]) is None:
         warnings.warn("the Ray job agent is unavailable: submission 2 runs in-process instead")
         assert pretrain.main(args + ["--resume"]) == 0
-    summary = storage.read_json(storage.join(out, "pretrain.json"))
-    assert summary["status"] == "done" and summary["step"] == 8
+    manifest = storage.read_json(storage.join(out, MANIFEST))
+    assert manifest["status"] == "complete" and manifest["summary"]["step"] == 8
+    assert manifest["stage"] == "pretrain" and manifest["settings"]["temperature"] == 0.5
 
     restores = sorted(_restores(out), key=lambda r: r["step"])
     assert [r["step"] for r in restores] == [2, 4]      # the worker-group restart, then the re-submission
@@ -453,21 +421,6 @@ def snapshot(output: str) -> dict:
             for i in infos if i.type == pafs.FileType.File}
 
 
-def read_tensorboard(output: str) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series of ``output/tensorboard`` as TensorBoard reads it (copied here first if on S3)."""
-    import tempfile
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    with tempfile.TemporaryDirectory() as d:
-        for u in storage.list_files(storage.join(output, metrics.TENSORBOARD_DIR)):
-            with open(os.path.join(d, os.path.basename(u)), "wb") as f:
-                f.write(storage.read_bytes(u))
-        acc = EventAccumulator(d, size_guidance={"scalars": 0})
-        acc.Reload()
-        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
 @pytest.mark.slow
 def test_pretrain_job_beside_another_local_ray(ray_cluster, local_pairs, tmp_path):
     """A plain ``python jobs/pretrain.py`` with relative paths, started in another directory, starts its own
@@ -486,8 +439,8 @@ def test_pretrain_job_beside_another_local_ray(ray_cluster, local_pairs, tmp_pat
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-3000:]
     assert "multiple active Ray instances" not in log, log[-3000:]
-    summary = storage.read_json(str(tmp_path / "pretrain" / "pretrain.json"))
-    assert summary["status"] == "done" and summary["step"] == 4
+    manifest = storage.read_json(str(tmp_path / "pretrain" / MANIFEST))
+    assert manifest["status"] == "complete" and manifest["summary"]["step"] == 4
     assert (tmp_path / "pretrain" / "trunk.pt").exists()
     scalars = read_tensorboard(str(tmp_path / "pretrain"))
     assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4]

@@ -117,7 +117,9 @@ def test_numpy_1_names_load_through_the_allowlist(tmp_path):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_finetune_checkpoint_resume_refuses_a_payload(tmp_path, pwned, fmt):
     """The resume of ``checkpoint.pt`` (every training worker reads it) refuses before the config check."""
-    from simhand_ray.evaluate.finetune import CHECKPOINT, FinetuneConfig, load_checkpoint
+    from simhand_ray.config import FinetuneConfig
+    from simhand_ray.evaluate.finetune_loop import load_checkpoint
+    from simhand_ray.evaluate.model import CHECKPOINT
 
     cfg = FinetuneConfig(output=str(tmp_path / "ft"))
     ckpt = plant(tmp_path / "ft" / CHECKPOINT, {"model": trunk_state(), "history": [Payload(pwned)],
@@ -129,8 +131,9 @@ def test_finetune_checkpoint_resume_refuses_a_payload(tmp_path, pwned, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_evaluate_model_refuses_a_payload(ray_cluster, tmp_path, pwned, fmt):
     """``jobs/evaluate.py --model evil.pt`` is refused on the driver; a ``model.pt`` beside a clean
-    ``finetune_config.json`` (which the driver reads instead) is refused where the predictor loads it."""
+    finetune ``_manifest.json`` (which the driver reads instead) is refused where the predictor loads it."""
     from simhand_ray.evaluate.pose_eval import PosePredictor
+    from simhand_ray.stage import StageManifest
 
     evil = plant(tmp_path / "evil.pt", {"model": trunk_state(), "arch": "resnet18", "config": Payload(pwned)}, fmt)
     evaluate = load_job("evaluate")
@@ -139,7 +142,7 @@ def test_evaluate_model_refuses_a_payload(ray_cluster, tmp_path, pwned, fmt):
                        "--output", str(tmp_path / "eval")])
     model_pt = plant(tmp_path / "ft" / "model.pt", {"model": {"x": Payload(pwned)}, "arch": "resnet18",
                                                     "config": {"head_width": 8}}, fmt)
-    storage.write_json_atomic(str(tmp_path / "ft" / "finetune_config.json"), {"config": {"input_size": 32}})
+    StageManifest.open(str(tmp_path / "ft"), "finetune", {"input_size": 32})
     with pytest.raises(ModelFileError, match=rf"refusing to load {model_pt}"):
         PosePredictor(model_pt)
 
@@ -159,7 +162,7 @@ def test_pretrain_state_file_refuses_a_payload(tmp_path, pwned, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_trunk_file_refuses_a_payload_local_and_on_s3(tmp_path, s3_bucket, pwned, fmt):
     """``trunk.pt`` as finetune ``--trunk`` and the retrieval probe's ``--trunk`` read it (make_trunk)."""
-    from simhand_ray.evaluate.model import make_trunk
+    from simhand_ray.train.trunk import make_trunk
 
     sd = trunk_state()
     sd["layer1.0.conv1.weight"] = Payload(pwned, "subprocess.call")

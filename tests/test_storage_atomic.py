@@ -1,11 +1,10 @@
 """storage: create-if-absent against concurrent writers (local and real-S3 protocol via moto), and
 Parquet files that cannot be read are named in the error."""
-import threading
-
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from builders import race
 from simhand_ray import storage
 
 
@@ -14,25 +13,6 @@ def root(request, tmp_path):
     if request.param == "local":
         return str(tmp_path / "store")
     return request.getfixturevalue("s3_bucket") + "/prefix"
-
-
-def race(n: int, fn) -> list:
-    """``fn(i)`` in n threads released together; their results (or exceptions) in thread order."""
-    barrier = threading.Barrier(n)
-    out: list = [None] * n
-
-    def run(i):
-        barrier.wait()
-        try:
-            out[i] = fn(i)
-        except Exception as e:  # handed back to the test
-            out[i] = e
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
 
 
 def test_create_if_absent_has_one_winner(root):

@@ -1,10 +1,8 @@
-"""Synthetic hand videos: kinematics and limits, projection = labels, determinism, decodable video,
-FreiHAND export round trip, the ground-truth labeler, the realism comparison, and the synth job on Ray."""
+"""Synthetic hand videos: kinematics and limits (hand_model, motion), rendering and occlusion (render, raster),
+projection = labels, determinism and a decodable video (video), and the synth job on Ray."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import av
@@ -13,23 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from simhand_ray.config import LabelerConfig
-from simhand_ray.mining.labelers.base import DetectedHand, FrameRef
-from simhand_ray.synthetic import freihand_export as fh
+from builders import SMALL_SYNTH as SMALL
+from builders import synthetic_video as _video
+from conftest import load_job
+from simhand_ray.config import SynthConfig
+from simhand_ray.mining.labelers import sidecar_labels as lb
 from simhand_ray.synthetic import hand_model as hm
-from simhand_ray.synthetic import labels as lb
 from simhand_ray.synthetic import motion, raster, render
 from simhand_ray.synthetic import video as V
-from simhand_ray.synthetic.compare import compare, match_hands
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL = dict(videos=2, frames_per_video=8, width=192, height=144, key_gap=(3, 5), occluder_prob=0.5,
-             two_hands_prob=0.5)
-
-
-def _video(tmp_path, index=0, seed=0, **kw) -> V.VideoResult:
-    cfg = V.SynthConfig(seed=seed, **{**SMALL, **kw})
-    return V.make_video(cfg, index, str(tmp_path), [])
 
 
 # --- hand model -----------------------------------------------------------------------------------
@@ -149,7 +138,7 @@ def test_video_decodes_to_the_labelled_frames(tmp_path):
 
 
 def test_shared_pose_pool_recurs_across_videos():
-    cfg = V.SynthConfig(**{**SMALL, "pool_prob": 1.0, "pool_size": 3})
+    cfg = SynthConfig(**{**SMALL, "pool_prob": 1.0, "pool_size": 3})
     pool = V.pose_pool(cfg)
     plans = [V.plan_video(cfg, i, pool, []) for i in range(2)]
     keys = [p.hands[0][1].poses[0] for p in plans]
@@ -157,120 +146,18 @@ def test_shared_pose_pool_recurs_across_videos():
     assert max(dist) < np.deg2rad(15)                              # each key pose is a pool pose + noise
 
 
-# --- FreiHAND export ----------------------------------------------------------------------------
-@pytest.mark.parametrize("left", [False, True])
-def test_freihand_sample_intrinsics_match_the_crop(left):
-    """A bright dot drawn at the wrist of the frame lands where the exported K projects the wrist."""
-    K = V.intrinsics(320, 240, 60.0)
-    xyz = np.array([[0.01 * j - 0.1, 0.004 * j - 0.04, 0.4 + 0.001 * j] for j in range(21)])
-    kp = raster.project(xyz, K)
-    image = np.zeros((240, 320, 3), np.uint8)
-    x, y = kp[0] - 0.5                                              # continuous -> integer pixel centre
-    cv2.circle(image, (int(round(x * 16)), int(round(y * 16))), 3 * 16, (255, 255, 255), -1, cv2.LINE_AA, shift=4)
-    s = fh.make_sample(image, kp, xyz, K, left, np.random.default_rng(0), "v")
-    crop = cv2.imdecode(np.frombuffer(s.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE).astype(np.float64)
-    assert crop.shape == (224, 224)
-    ys, xs = np.mgrid[0:224, 0:224]
-    w = np.where(crop > 128, crop, 0.0)
-    centroid = np.array([(xs * w).sum(), (ys * w).sum()]) / w.sum()   # integer-centre convention, as K
-    uv = raster.project(s.xyz, s.K)
-    assert np.linalg.norm(uv[0] - centroid) < 1.0
-    if left:
-        np.testing.assert_allclose(s.xyz[:, 0], -xyz[:, 0])
-
-
-def test_freihand_export_round_trips(tmp_path):
-    cfg = V.SynthConfig(**SMALL)
-    samples = []
-    for i in range(cfg.videos):
-        samples += V.make_video(cfg, i, str(tmp_path / "videos"), [], freihand_every=4).freihand
-    assert samples
-    root = tmp_path / "freihand"
-    n_train = fh.write_split(str(root), "training", samples[:-1])
-    n_eval = fh.write_split(str(root), "evaluation", samples[-1:])
-    for split, n in (("training", n_train), ("evaluation", n_eval)):
-        xyz = np.array(json.loads((root / f"{split}_xyz.json").read_text()))
-        Ks = np.array(json.loads((root / f"{split}_K.json").read_text()))
-        scale = np.array(json.loads((root / f"{split}_scale.json").read_text()))
-        assert xyz.shape == (n, 21, 3) and Ks.shape == (n, 3, 3) and scale.shape == (n,)
-        np.testing.assert_allclose(scale, np.linalg.norm(xyz[:, 9] - xyz[:, 10], axis=1))
-        images = sorted((root / split / "rgb").glob("*.jpg"))
-        assert [p.name for p in images] == [f"{i:08d}.jpg" for i in range(n)]
-        assert cv2.imread(str(images[0])).shape == (224, 224, 3)
-        uv = np.einsum("nij,nkj->nki", Ks, xyz)
-        uv = uv[..., :2] / uv[..., 2:]
-        assert np.all((uv > -5) & (uv < 229))                      # the hand is in its crop
-    assert fh.split_of(0, 10, 0.2) == "training" and fh.split_of(9, 10, 0.2) == "evaluation"
-    assert fh.split_of(0, 1, 0.2) == "training"
-    datasets = pytest.importorskip("simhand_ray.evaluate.datasets")
-    ds = datasets.FreiHAND(str(root), "training")
-    records = ds.records()
-    assert len(records) == n_train
-    sample = ds.load(records[0])
-    assert sample.image.shape == (224, 224, 3)
-    np.testing.assert_allclose(records[0].joints_3d / 1000.0, samples[0].xyz, rtol=1e-12)
-
-
-# --- ground-truth labeler and realism comparison ----------------------------------------------------
-def test_groundtruth_labeler_reads_sidecars_and_directories(tmp_path):
-    from simhand_ray.mining.labelers import build_labeler
-
-    res = _video(tmp_path, seed=4)
-    table = pq.read_table(res.labels_uri)
-    rows = table.to_pylist()
-    frame = np.zeros((SMALL["height"], SMALL["width"], 3), np.uint8)
-    ref = FrameRef(res.video_uri, res.video_id, rows[0]["frame_index"])
-    expect = [r for r in rows if r["frame_index"] == ref.frame_index]
-    for labels in ("", str(tmp_path), res.labels_uri):
-        labeler = build_labeler(LabelerConfig(backend="groundtruth", groundtruth_labels=labels))
-        [hands] = labeler.label([frame], [ref])
-        assert len(hands) == len(expect)
-        for h, r in zip(hands, expect):
-            np.testing.assert_allclose(h.keypoints.reshape(-1), r["keypoints_2d"])
-            np.testing.assert_allclose(h.keypoint_scores, r["visibility"])
-            assert h.det_score == 1.0 and h.handedness == r["handedness"]
-    # a manifest may rename the video: the file name still finds it; a frame without hands is empty
-    labeler = build_labeler(LabelerConfig(backend="groundtruth"))
-    big = np.zeros((2 * SMALL["height"], 2 * SMALL["width"], 3), np.uint8)
-    [hands, none] = labeler.label([big, frame], [FrameRef(res.video_uri, "renamed", ref.frame_index),
-                                                 FrameRef(res.video_uri, "renamed", 10_000)])
-    np.testing.assert_allclose(hands[0].keypoints.reshape(-1), np.asarray(expect[0]["keypoints_2d"]) * 2, rtol=1e-6)
-    assert none == []
-    with pytest.raises(FileNotFoundError):
-        labeler.label([frame], [FrameRef(str(tmp_path / "other.mp4"), "other", 0)])
-
-
-def test_compare_counts_detections_and_errors():
-    box = np.array([0, 0, 100, 100], np.float32)
-    kp = np.random.default_rng(0).uniform(0, 100, (21, 2)).astype(np.float32)
-    truth = DetectedHand(box, 1.0, kp, np.ones(21, np.float32), "right")
-    near = DetectedHand(box, 0.9, kp + np.float32(5.0), np.ones(21, np.float32), "left")
-    far = DetectedHand(box, 0.9, kp + np.float32(300.0), np.ones(21, np.float32), "right")
-    assert match_hands([far, near], [truth]) == [(0, 1, pytest.approx(np.sqrt(50) / 100))]
-    r = compare([[near, far], []], [[truth], [truth]])
-    assert r.truth_hands == 2 and r.detected == 1 and r.false_positives == 1
-    assert r.detection_rate == 0.5 and r.error_px_mean == pytest.approx(np.sqrt(50), rel=1e-5)
-    assert r.pck_0_1 == 1.0 and r.handedness_agreement == 0.0
-
-
 # --- the job on Ray --------------------------------------------------------------------------------
-def _synth_job():
-    sys.path.insert(0, str(REPO / "jobs"))
-    spec = importlib.util.spec_from_file_location("synth_job", REPO / "jobs" / "synth.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.slow
 def test_synth_job_writes_videos_labels_freihand_and_montage(ray_cluster, tmp_path):
-    job = _synth_job()
+    job = load_job("synth")
     args = ["--videos", "3", "--frames-per-video", "6", "--width", "160", "--height", "120", "--seed", "5",
             "--freihand", "--freihand-every", "3"]
     assert job.main(args + ["--output", str(tmp_path / "a")]) == 0
     assert job.main(args + ["--output", str(tmp_path / "b")]) == 0
     out = tmp_path / "a"
-    manifest = json.loads((out / "manifest.json").read_text())
+    record = json.loads((out / "_manifest.json").read_text())
+    assert record["stage"] == "synth" and record["status"] == "complete"
+    manifest = record["summary"]
     assert manifest["videos"] == 3 and manifest["frames"] == 18 and manifest["hands"] >= 18
     for i in range(3):
         name = f"synth_{i:05d}.labels.parquet"
@@ -280,3 +167,7 @@ def test_synth_job_writes_videos_labels_freihand_and_montage(ray_cluster, tmp_pa
     assert (out / "freihand" / "evaluation_xyz.json").exists()
     montage = cv2.imread(str(out / "montage.png"))
     assert montage is not None and montage.shape[0] > 100
+    # the same output with other settings is refused, naming what differs, and nothing is changed
+    before = (out / "_manifest.json").read_bytes()
+    assert job.main([*args[:-2], "--freihand-every", "2", "--output", str(out)]) == 2
+    assert (out / "_manifest.json").read_bytes() == before

@@ -35,7 +35,7 @@ def make_pairs(out: str, rows: int, unique: int) -> None:
     import pyarrow.compute as pc
 
     from simhand_ray import schema, storage
-    from test_pretrain import make_pairs as make_unique
+    from builders import make_pairs as make_unique
 
     base = os.path.join(out, "_unique")
     make_unique(base, n=unique, files=1, split=unique // 2)

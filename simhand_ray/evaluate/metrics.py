@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from simhand_ray.config import AUC_STEPS
+
 ROOT = 0
 AUC_MIN_MM = 0.0
 AUC_MAX_MM = 50.0
-AUC_STEPS = 100
 
 
 def root_align(joints: np.ndarray, root: int = ROOT) -> np.ndarray:

@@ -9,43 +9,26 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from simhand_ray import storage
+from simhand_ray.config import PoseEvalConfig
 from simhand_ray.evaluate import metrics, preprocess
+from simhand_ray.evaluate.crop_stream import records_dataset
 from simhand_ray.evaluate.datasets import open_dataset
-from simhand_ray.evaluate.finetune import CONFIG_JSON, CHECKPOINT, MODEL, records_dataset, to_model_input
-from simhand_ray.evaluate.model import XYZ_UNIT_MM, PoseNet, build_trunk
+from simhand_ray.evaluate.model import CHECKPOINT, MODEL, XYZ_UNIT_MM, load_pose_model
+from simhand_ray.evaluate.preprocess import to_model_input
 from simhand_ray.safe_load import load_torch_file
+from simhand_ray.stage import StageManifest
 
 log = logging.getLogger(__name__)
 
 METRICS_JSON = "eval_metrics.json"
 PCK_CSV = "pck_curve.csv"
 PCK_PNG = "pck_curve.png"
-
-
-@dataclass(frozen=True)
-class PoseEvalConfig:
-    """``model``: a fine-tuning output directory (its model.pt, else checkpoint.pt) or a .pt file."""
-    dataset: str = "freihand"
-    data_root: str = ""
-    split: str = ""
-    model: str = ""
-    output: str = ""
-    batch_size: int = 64
-    num_workers: int = 1
-    use_gpu: bool = False
-    max_samples: int = 0
-    auc_steps: int = metrics.AUC_STEPS
-    allow_reflection: bool = True
-
-    def __post_init__(self):
-        if not (self.model and self.output):
-            raise ValueError("evaluation needs --model and --output")
 
 
 def model_file(uri: str) -> str:
@@ -59,10 +42,12 @@ def model_file(uri: str) -> str:
 
 
 def model_config(uri: str) -> dict:
-    """The fine-tuning config a model was trained with (from the small json beside it when present)."""
-    side = storage.join(uri.rsplit("/", 1)[0], CONFIG_JSON)
-    if storage.basename(uri) in (MODEL, CHECKPOINT) and storage.exists(side):
-        return storage.read_json(side)["config"]
+    """The fine-tuning settings a model was trained with: its output's stage manifest when the file sits in a
+    fine-tuning output (no large read on the driver), else the config saved in the file."""
+    if storage.basename(uri) in (MODEL, CHECKPOINT):
+        manifest = StageManifest.read(uri.rsplit("/", 1)[0], "finetune")
+        if manifest is not None:
+            return manifest.record["settings"]
     return load_torch_file(uri)["config"]
 
 
@@ -70,12 +55,8 @@ class PosePredictor:
     """Ray Data actor: crops -> root-relative 3D joints in the camera frame (mm)."""
 
     def __init__(self, model_uri: str, use_gpu: bool = False):
-        ckpt = load_torch_file(model_uri)
-        cfg = ckpt["config"]
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = PoseNet(build_trunk(ckpt["arch"]), cfg.get("head_width", 256))
-        self.model.load_state_dict(ckpt["model"])
-        self.model.to(self.device).eval()
+        self.model = load_pose_model(model_uri, self.device)
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -121,7 +102,7 @@ def run_pose_eval(cfg: PoseEvalConfig) -> dict:
     records = dataset.records()
     if not records:
         raise ValueError(f"no samples in {cfg.dataset} split {dataset.split!r} under {cfg.data_root}")
-    spec = preprocess.CropSpec(size=train_cfg["input_size"], scale=train_cfg["crop_scale"])
+    spec = preprocess.crop_spec(train_cfg["input_size"], train_cfg["crop_scale"], augment=False)
     ds = records_dataset(records, spec, augment=False, shuffle=False)
     ds = ds.map_batches(PosePredictor, fn_constructor_kwargs={"model_uri": uri, "use_gpu": cfg.use_gpu},
                         batch_size=cfg.batch_size, batch_format="numpy", concurrency=cfg.num_workers,

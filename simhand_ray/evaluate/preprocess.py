@@ -19,9 +19,7 @@ import cv2
 import numpy as np
 
 from simhand_ray.evaluate.metrics import ROOT
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+from simhand_ray.train.augment import normalize_imagenet
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,11 @@ class CropSpec:
 def train_spec(size: int = 128, scale: float = 1.5) -> CropSpec:
     """The fine-tuning augmentation (moderate, PeCLR-like: rotation, scale, shift, colour)."""
     return CropSpec(size=size, scale=scale, rotate_deg=30.0, scale_jitter=0.15, shift=0.08, color_jitter=0.2)
+
+
+def crop_spec(size: int, scale: float, augment: bool) -> CropSpec:
+    """The crop of a fine-tuning run (``train_spec`` when it augments) or of its evaluation (no jitter)."""
+    return train_spec(size, scale) if augment else CropSpec(size=size, scale=scale)
 
 
 def crop_transform(center: np.ndarray, side: float, size: int, angle_deg: float = 0.0,
@@ -114,8 +117,6 @@ def prepare_hand(image: np.ndarray, joints_2d: np.ndarray, joints_3d: np.ndarray
     }
 
 
-def normalize_images(images: np.ndarray) -> np.ndarray:
-    """(B, S, S, 3) uint8 RGB -> (B, 3, S, S) float32, ImageNet mean/std (as in pre-training, SPEC §3)."""
-    x = images.astype(np.float32) / 255.0
-    x = (x - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+def to_model_input(images):
+    """(B, S, S, 3) uint8 torch tensor -> (B, 3, S, S) float, normalised as in pre-training, on its device."""
+    return normalize_imagenet(images.permute(0, 3, 1, 2))

@@ -10,51 +10,23 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import cv2
 import numpy as np
 import torch
 
 from simhand_ray import schema, storage
-from simhand_ray.evaluate import preprocess, probe
-from simhand_ray.evaluate.model import make_trunk
+from simhand_ray.config import ProbeConfig
+from simhand_ray.evaluate import probe
+from simhand_ray.evaluate.preprocess import to_model_input
+from simhand_ray.train.trunk import make_trunk
 
 log = logging.getLogger(__name__)
 
 PROBE_JSON = "probe_retrieval.json"
 PROBE_CSV = "probe_retrieval.csv"
 PROBE_PNG = "probe_retrieval.png"
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """``trunks``: weights files, each optionally labelled ``label=uri``; ``arch`` of the random-init row
-    ("auto": the first trunk's architecture, resnet50 without trunks)."""
-    hands: str = ""
-    output: str = ""
-    trunks: tuple[str, ...] = ()
-    random_init: bool = True
-    arch: str = "auto"
-    input_size: int = 128
-    max_hands: int = 5000
-    seed: int = 0
-    batch_size: int = 64
-    num_workers: int = 1
-    use_gpu: bool = False
-
-    def __post_init__(self):
-        if not (self.hands and self.output):
-            raise ValueError("the retrieval probe needs --hands and --output")
-
-    def labelled_trunks(self) -> list[tuple[str, str]]:
-        out = []
-        for t in self.trunks:
-            label, sep, uri = t.partition("=")
-            if not sep or "/" in label or ":" in label:      # no label: "=" belongs to the path
-                label, uri = "", t
-            out.append((label or storage.basename(uri), uri))
-        return out
 
 
 class TrunkEmbedder:
@@ -79,7 +51,7 @@ class TrunkEmbedder:
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             img = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (self.size, self.size), interpolation=cv2.INTER_AREA)
             imgs.append(img)
-        x = torch.as_tensor(preprocess.normalize_images(np.stack(imgs)), device=self.device)
+        x = to_model_input(torch.as_tensor(np.stack(imgs), device=self.device))
         out = {"hand_id": batch["hand_id"]}
         for i, trunk in enumerate(self.trunks):
             out[f"emb_{i}"] = trunk(x).float().cpu().numpy()

@@ -18,50 +18,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
+from simhand_ray.config import GRAPH_INDEX_KINDS, IndexConfig
+
 log = logging.getLogger(__name__)
 
-INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 #: The largest k faiss GPU indexes accept.
 GPU_MAX_K = 2048
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    """How one shard is indexed. ``nlist = 0``: 4 sqrt(n) lists; ``pq_m = 0``: about 3 dims per sub-quantizer;
-    ``train_sample = 0``: 39 x nlist vectors (faiss's smallest sample without a k-means warning);
-    ``small_group = 0``: 1024 for flat (a big BLAS batch with a larger k beats many small selector
-    searches), 64 for the approximate kinds (whose effort grows with the excluded video anyway)."""
-    kind: str = "flat"
-    nlist: int = 0
-    nprobe: int = 8
-    pq_m: int = 0
-    pq_nbits: int = 8
-    refine_factor: int = 4
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 40
-    hnsw_ef_search: int = 64
-    train_sample: int = 0
-    small_group: int = 0
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.kind not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {self.kind!r}: one of {INDEX_KINDS}")
-
-    @property
-    def exact(self) -> bool:
-        return self.kind == "flat"
-
-    @property
-    def small_group_limit(self) -> int:
-        if self.small_group > 0:
-            return self.small_group
-        return 1024 if self.kind == "flat" else 64
 
 
 def auto_nlist(n: int, nlist: int = 0) -> int:
@@ -85,10 +51,13 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def build_index(x: np.ndarray, params: IndexParams) -> faiss.Index:
-    """A CPU faiss index over x (n, d) float32 with ids 0..n-1 (trained when the kind needs it)."""
+def build_index(x: np.ndarray, params: IndexConfig, seed: int = 0) -> faiss.Index:
+    """A CPU faiss index over x (n, d) float32 with ids 0..n-1 (trained on a ``seed``ed sample when the kind
+    needs it)."""
+    if params.kind not in GRAPH_INDEX_KINDS:
+        raise ValueError(f"unknown index kind {params.kind!r}: one of {GRAPH_INDEX_KINDS}")
     n, d = x.shape
-    rng = np.random.default_rng(params.seed)
+    rng = np.random.default_rng(seed)
     if params.kind == "flat":
         index = faiss.IndexFlatL2(d)
     elif params.kind == "hnsw":
@@ -103,8 +72,8 @@ def build_index(x: np.ndarray, params: IndexParams) -> faiss.Index:
             # 2^nbits centroids per sub-quantizer want >= 39 training vectors each
             nbits = int(min(params.pq_nbits, max(1, math.floor(math.log2(max(n // 39, 2))))))
             index = faiss.IndexIVFPQ(quantizer, d, nlist, auto_pq_m(d, params.pq_m), nbits)
-            index.pq.cp.seed = params.seed
-        index.cp.seed = params.seed
+            index.pq.cp.seed = seed
+        index.cp.seed = seed
         ntrain = min(n, params.train_sample if params.train_sample > 0 else 39 * nlist)
         if params.kind == "ivfpq":
             ntrain = min(n, max(ntrain, 39 * (1 << nbits)))
@@ -141,11 +110,11 @@ def sort_by_distance_then_id(ids: np.ndarray, d2: np.ndarray, k: int) -> tuple[n
 class ShardIndex:
     """One shard: descriptors x (n, d) float32 with global ids offset + [0, n), and their faiss index."""
 
-    def __init__(self, x: np.ndarray, offset: int, params: IndexParams, use_gpu: bool = False):
+    def __init__(self, x: np.ndarray, offset: int, params: IndexConfig, seed: int = 0, use_gpu: bool = False):
         self.x = x
         self.offset = int(offset)
         self.params = params
-        self.index = build_index(x, params)
+        self.index = build_index(x, params, seed)
         self.gpu_index = None
         if use_gpu and params.kind != "hnsw" and gpu_available():
             self._gpu_res = faiss.StandardGpuResources()

@@ -7,8 +7,10 @@ are cut into shards, so a reader with a small shuffle buffer still sees many vid
 Assembling rows is a join of the pair list with the hands table on two keys (anchor, positive). It runs as
 a scatter/gather on Ray, in waves of ``pairs_wave`` output shards: one scatter task per group of hands
 files sends every needed hand's crop to the output shards that use it; one gather task per output shard
-puts its rows together and writes the shard atomically. A re-run skips shards already written with the
-same config hash (stamped in each file and in ``manifest.json``).
+puts its rows together and writes the shard atomically. The stage follows the stage protocol
+(``simhand_ray.stage``): a re-run skips shards already written with the same settings (stamped in each
+file and in ``_manifest.json``). ``pairs/`` is one dataset of schema PAIRS; its side files start with
+``_`` so dataset readers skip them: ``_manifest.json`` and ``_montage.jpg`` (a contact sheet of pairs).
 """
 from __future__ import annotations
 
@@ -22,13 +24,13 @@ import pyarrow.compute as pc
 
 from simhand_ray import storage
 from simhand_ray.config import GraphConfig
-from simhand_ray.graph.knn import MANIFEST, check_manifest, part_hash
-from simhand_ray.schema import BONES, GRAPH, HANDS, PAIRS, PAIRS_ROW_GROUP_ROWS, keypoints_array
+from simhand_ray.graph.pairs_montage import MONTAGE, write_montage
+from simhand_ray.schema import GRAPH, HANDS, PAIRS, PAIRS_ROW_GROUP_ROWS
+from simhand_ray.stage import StageManifest
 
 log = logging.getLogger(__name__)
 
 HAND_COLUMNS = ["hand_id", "source", "keypoints", "crop_jpeg"]
-MONTAGE = "pairs_montage.jpg"
 
 
 # --- pure helpers ------------------------------------------------------------------------------------
@@ -93,11 +95,10 @@ def _scatter(files: list[str], needed: pa.Table, n_out: int):
     return tables[0] if n_out == 1 else tuple(tables)
 
 
-def _gather(uri: str, pairs: pa.Table, chash: str, *blocks: pa.Table) -> int:
-    """Assemble one output shard from the scattered hand rows and write it atomically."""
+def _gather(uri: str, pairs: pa.Table, metadata: dict, *blocks: pa.Table) -> int:
+    """Assemble one output shard from the scattered hand rows and write it atomically, stamped with ``metadata``."""
     hands = pa.concat_tables(blocks) if blocks else HANDS.empty_table().select(HAND_COLUMNS)
-    storage.write_parquet_atomic(assemble_pairs(pairs, hands), uri, {"config_hash": chash},
-                                 row_group_rows=PAIRS_ROW_GROUP_ROWS)
+    storage.write_parquet_atomic(assemble_pairs(pairs, hands), uri, metadata, row_group_rows=PAIRS_ROW_GROUP_ROWS)
     return len(pairs)
 
 
@@ -116,85 +117,26 @@ def _file_groups(files: list[str], groups: int) -> list[list[str]]:
 
 
 def write_pair_shards(pairs: pa.Table, shards: list[np.ndarray], hands_files: list[str],
-                      todo: list[tuple[int, str]], cfg: GraphConfig, chash: str) -> None:
-    """Write output shards ``todo`` [(shard index, uri)]; shard j holds rows ``shards[j]`` of ``pairs``."""
+                      todo: list[tuple[int, str]], wave: int, metadata: dict) -> None:
+    """Write output shards ``todo`` [(shard index, uri)], ``wave`` at a time, stamped with ``metadata``;
+    shard j holds rows ``shards[j]`` of ``pairs``."""
     import ray
 
     scatter = ray.remote(_scatter)
     gather = ray.remote(_gather)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     file_groups = _file_groups(hands_files, max(2 * cpus, 4))
-    for w in range(0, len(todo), cfg.pairs_wave):
-        wave = todo[w:w + cfg.pairs_wave]
-        slices = [pairs.take(pa.array(shards[j])) for j, _ in wave]  # compact copies: cheap to send
-        needed = _needed(slices)
-        needed_ref = ray.put(needed)
-        scattered = [scatter.options(num_returns=len(wave)).remote(g, needed_ref, len(wave)) for g in file_groups]
-        if len(wave) == 1:
+    for w in range(0, len(todo), wave):
+        batch = todo[w:w + wave]
+        slices = [pairs.take(pa.array(shards[j])) for j, _ in batch]  # compact copies: cheap to send
+        needed_ref = ray.put(_needed(slices))
+        scattered = [scatter.options(num_returns=len(batch)).remote(g, needed_ref, len(batch)) for g in file_groups]
+        if len(batch) == 1:
             scattered = [[r] for r in scattered]
-        written = [gather.remote(uri, s, chash, *[refs[o] for refs in scattered])
-                   for o, ((_, uri), s) in enumerate(zip(wave, slices))]
+        written = [gather.remote(uri, s, metadata, *[refs[o] for refs in scattered])
+                   for o, ((_, uri), s) in enumerate(zip(batch, slices))]
         ray.get(written)
-        log.info("pairs: %d/%d shards written", min(w + cfg.pairs_wave, len(todo)), len(todo))
-
-
-# --- the montage ---------------------------------------------------------------------------------------
-
-_FINGER_COLORS = [(0, 0, 255), (0, 165, 255), (0, 200, 0), (255, 128, 0), (255, 0, 200)]  # BGR per finger
-
-
-def draw_hand(image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
-    """A copy of image (H, W, 3) BGR with keypoints (21, 2) (pixel centres at i + 0.5) and bones drawn."""
-    import cv2
-
-    out = image.copy()
-    pts = np.round((np.asarray(keypoints, np.float64) - 0.5) * 16).astype(np.int64)  # 4 fractional bits
-    for b, (i, j) in enumerate(BONES):
-        cv2.line(out, tuple(map(int, pts[i])), tuple(map(int, pts[j])), _FINGER_COLORS[b // 4], 2, cv2.LINE_AA, 4)
-    for p in pts:
-        cv2.circle(out, tuple(map(int, p)), 3 * 16, (255, 255, 255), -1, cv2.LINE_AA, 4)
-    return out
-
-
-def pairs_montage(pairs: pa.Table, n: int = 16, pairs_per_row: int = 4, tile: int = 160) -> np.ndarray:
-    """A BGR image: up to n pairs as [anchor | positive] tiles with keypoints drawn, distance written."""
-    import cv2
-
-    n = min(n, len(pairs))
-    rows = max(1, -(-n // pairs_per_row))
-    gap = 6
-    w = pairs_per_row * (2 * tile + gap) - gap
-    canvas = np.full((rows * (tile + gap) - gap, w, 3), 40, np.uint8)
-    if n == 0:
-        return canvas
-    akp = keypoints_array(pairs["anchor_keypoints"].slice(0, n))
-    pkp = keypoints_array(pairs["positive_keypoints"].slice(0, n))
-    for i in range(n):
-        y, x = (i // pairs_per_row) * (tile + gap), (i % pairs_per_row) * (2 * tile + gap)
-        for side, (col, kp) in enumerate((("anchor_jpeg", akp[i]), ("positive_jpeg", pkp[i]))):
-            img = cv2.imdecode(np.frombuffer(pairs[col][i].as_py(), np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
-                continue
-            img = draw_hand(img, kp)
-            canvas[y:y + tile, x + side * tile:x + (side + 1) * tile] = cv2.resize(img, (tile, tile),
-                                                                                   interpolation=cv2.INTER_AREA)
-        d = pairs["distance"][i].as_py()
-        cv2.putText(canvas, f"d={d:.3f}", (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                    cv2.LINE_AA)
-    return canvas
-
-
-def write_montage(pairs_uri: str, uri: str, n: int) -> bool:
-    """Draw the first n rows of the first pairs shard to a JPEG at uri; False when there are no pairs."""
-    import cv2
-
-    files = storage.list_files(pairs_uri, (".parquet",))
-    if not files or n <= 0:
-        return False
-    t = storage.read_parquet(files[0], schema=PAIRS).slice(0, n)
-    ok, jpg = cv2.imencode(".jpg", pairs_montage(t, n), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    storage.write_bytes_atomic(uri, jpg.tobytes())
-    return bool(ok)
+        log.info("pairs: %d/%d shards written", min(w + wave, len(todo)), len(todo))
 
 
 # --- the pairs stage -----------------------------------------------------------------------------------
@@ -203,7 +145,7 @@ def read_graph_positives(graph_uri: str, positive_rank: int) -> tuple[pa.Table, 
     """(anchor_id, positive_id, distance) over the graph's parts in order; plus counts of hands without
     a neighbour and of rank fallbacks."""
     tables, no_neighbor, fallback = [], 0, 0
-    for f in storage.list_files(graph_uri, (".parquet",)):
+    for f in storage.list_parts(graph_uri):
         g = storage.read_parquet(f, schema=GRAPH)
         t, fb = select_positives(g, positive_rank)
         tables.append(t)
@@ -215,45 +157,37 @@ def read_graph_positives(graph_uri: str, positive_rank: int) -> tuple[pa.Table, 
 
 
 def run_pairs_stage(cfg: GraphConfig) -> dict:
-    """output/graph + output/hands -> output/pairs/pairs-*.parquet (PAIRS) + manifest.json + pairs_montage.jpg."""
+    """output/graph + output/hands -> output/pairs (module docstring). Needs a finished graph; same settings
+    and graph as finished pairs: reused; as unfinished ones: only missing shards are written; other
+    settings: ``StageMismatch``."""
     t0 = time.perf_counter()
     graph_uri, pairs_uri = storage.join(cfg.output, "graph"), storage.join(cfg.output, "pairs")
-    graph_manifest = storage.join(graph_uri, MANIFEST)
-    g = storage.read_json(graph_manifest) if storage.exists(graph_manifest) else None
-    if not g or not g.get("complete"):
-        raise FileNotFoundError(f"no finished graph at {graph_uri}: run the graph stage first")
-    chash = storage.config_hash({"graph": g["config_hash"], "pairs": cfg.pairs_result_dict()})
-    manifest_uri = storage.join(pairs_uri, MANIFEST)
-    m = check_manifest(manifest_uri, chash, "the pairs dataset")
-    if m is not None and m.get("complete"):
+    graph = StageManifest.require_complete(graph_uri, "graph", "run the graph stage first")
+    settings = {"graph": graph.config_hash, **cfg.pairs_result_dict()}
+    m = StageManifest.open(pairs_uri, "pairs", settings, info={"config": asdict(cfg)})
+    if m.complete:
         log.info("pairs at %s are complete for these settings: reusing them", pairs_uri)
-        return {**m["summary"], "reused": True}
-    storage.write_json_atomic(manifest_uri, {"stage": "pairs", "config_hash": chash, "graph_hash": g["config_hash"],
-                                             "config": asdict(cfg), "complete": False})
+        return {**m.summary, "reused": True}
 
-    pairs, no_neighbor, fallback = read_graph_positives(graph_uri, cfg.positive_rank)
-    shards = shard_rows(len(pairs), cfg.pairs_per_shard, cfg.seed)
-    n_shards = len(shards)
-    todo = []
-    for j in range(n_shards):
-        uri = storage.join(pairs_uri, f"pairs-{j:05d}.parquet")
-        if not (storage.exists(uri) and part_hash(uri) == chash):
-            todo.append((j, uri))
+    pairs, no_neighbor, fallback = read_graph_positives(graph_uri, cfg.pairs.positive_rank)
+    shards = shard_rows(len(pairs), cfg.pairs.pairs_per_shard, cfg.seed)
+    uris = [storage.join(pairs_uri, f"pairs-{j:05d}.parquet") for j in range(len(shards))]
+    todo = m.pending(uris)
     log.info("pairs: %d anchors with a positive (%d hands without a neighbour), %d of %d shards to write",
-             len(pairs), no_neighbor, len(todo), n_shards)
+             len(pairs), no_neighbor, len(todo), len(shards))
     if todo:
-        hands_files = storage.list_files(storage.join(cfg.output, "hands"), (".parquet",))
-        write_pair_shards(pairs, shards, hands_files, todo, cfg, chash)
+        hands_files = storage.list_parts(storage.join(cfg.output, "hands"))
+        shard_of = {u: j for j, u in enumerate(uris)}
+        write_pair_shards(pairs, shards, hands_files, [(shard_of[u], u) for u in todo], cfg.resources.pairs_wave,
+                          m.part_metadata())
     montage_uri = storage.join(pairs_uri, MONTAGE)
     if todo or not storage.exists(montage_uri):
-        write_montage(pairs_uri, montage_uri, cfg.montage_pairs)
+        write_montage(pairs_uri, montage_uri, cfg.pairs.montage_pairs)
     summary = {
-        "pairs": len(pairs), "shards": n_shards, "shards_written": len(todo), "hands_without_neighbor": no_neighbor,
-        "positive_rank": cfg.positive_rank, "positive_rank_fallback": fallback,
+        "pairs": len(pairs), "shards": len(shards), "shards_written": len(todo), "hands_without_neighbor": no_neighbor,
+        "positive_rank": cfg.pairs.positive_rank, "positive_rank_fallback": fallback,
         "mean_distance": round(float(pc.mean(pairs["distance"]).as_py() or 0.0), 5),
-        "montage": montage_uri, "seconds": round(time.perf_counter() - t0, 2), "config_hash": chash,
+        "montage": montage_uri, "seconds": round(time.perf_counter() - t0, 2), "config_hash": m.config_hash,
     }
-    storage.write_json_atomic(manifest_uri, {"stage": "pairs", "config_hash": chash, "graph_hash": g["config_hash"],
-                                             "config": asdict(cfg), "complete": True, "summary": summary})
+    m.finish(summary)
     return summary
-

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -93,10 +94,11 @@ def probe_video(uri: str, scan: bool) -> VideoInfo:
 
 @dataclass(frozen=True)
 class Segment:
-    """Frames [start, end) of a video; decoding starts at the keyframe at ``start``, whose packet has the
-    timestamps ``seek_ts`` = (pts, dts), or at the file start (None)."""
+    """Frames [start, end) of a video (``end`` None: to the end of a video whose length is unknown); decoding
+    starts at the keyframe at ``start``, whose packet has the timestamps ``seek_ts`` = (pts, dts), or at the
+    file start (None)."""
     start: int
-    end: int
+    end: int | None
     seek_ts: tuple | None
 
 
@@ -106,7 +108,7 @@ def plan_segments(info: VideoInfo, segment_frames: int, max_frames: int = 0) -> 
     if max_frames:
         total = min(total, max_frames) if total else max_frames
     if not info.keyframes or total <= segment_frames:
-        return [Segment(0, total or 2**62, None)]
+        return [Segment(0, total or None, None)]
     cuts = [0]
     for pos, ts in zip(info.keyframes, info.keyframe_ts):
         if pos >= total:
@@ -152,6 +154,7 @@ def _decode(uri: str, seg: Segment, every_n: int, mode: str, stats: DecodeStats,
         if target is not None and seek:  # seek at or before the keyframe (containers seek on pts or dts)
             c.seek(min(t for t in target if t is not None), stream=s, backward=True, any_frame=False)
         started = target is None
+        end = seg.end if seg.end is not None else math.inf
         position = seg.start        # decode-order position of the next packet
         emitted = seg.start         # display index of the next frame the decoder emits
         key_positions: list[int] = []  # keyframes mode: positions of the keyframe packets sent, in order
@@ -168,7 +171,7 @@ def _decode(uri: str, seg: Segment, every_n: int, mode: str, stats: DecodeStats,
             for frame in frames:
                 idx = key_positions.pop(0) if mode == "keyframes" else emitted
                 emitted += 1
-                if idx >= seg.end:
+                if idx >= end:
                     continue
                 stats.decoded += 1
                 if mode == "keyframes" or idx % every_n == 0:
@@ -185,7 +188,7 @@ def _decode(uri: str, seg: Segment, every_n: int, mode: str, stats: DecodeStats,
                             raise _Overshot()
                         continue
                     started = True
-                if position >= seg.end:
+                if position >= end:
                     break
                 if mode == "keyframes":
                     if packet.is_keyframe:

@@ -16,10 +16,11 @@ import av
 import numpy as np
 
 from simhand_ray import storage
+from simhand_ray.config import SynthConfig
+from simhand_ray.mining.labelers import sidecar_labels as lb
 from simhand_ray.synthetic import hand_model as hm
 from simhand_ray.synthetic import background as bg
 from simhand_ray.synthetic import freihand_export as fh
-from simhand_ray.synthetic import labels as lb
 from simhand_ray.synthetic import motion
 from simhand_ray.synthetic import raster
 from simhand_ray.synthetic import render
@@ -27,47 +28,6 @@ from simhand_ray.synthetic import render
 # Independent random streams per purpose (so adding draws to one never shifts another).
 _POOL, _PLAN, _NOISE, _CROP = 0, 1, 2, 3
 HAND_LENGTH = 0.19   # metres, wrist to middle fingertip of an average hand (sets the on-screen size)
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """What the synthetic data set looks like; every field changes the output (hashed into the manifest)."""
-    videos: int = 8
-    frames_per_video: int = 60
-    width: int = 480
-    height: int = 360
-    fps: int = 30
-    seed: int = 0
-    two_hands_prob: float = 0.3
-    occluder_prob: float = 0.25
-    pool_size: int = 24            # key poses (pose + view) shared by all videos
-    pool_prob: float = 0.5         # chance that a key pose comes from the pool
-    key_gap: tuple[int, int] = (15, 40)        # frames between key poses
-    hand_size: tuple[float, float] = (0.3, 0.65)   # hand length as a fraction of the frame height
-    fov_deg: tuple[float, float] = (50.0, 75.0)    # horizontal field of view
-    photo_prob: float = 0.7        # background from a photo (else procedural clutter), when photos are given
-    supersample: int = 2
-    codec: str = "auto"            # auto: libx264 if this PyAV has it, else mpeg4
-    crf: int = 20
-
-    def __post_init__(self):
-        if self.width % 2 or self.height % 2:
-            raise ValueError("width and height must be even (yuv420p video)")
-        if self.videos < 0 or self.frames_per_video < 1:
-            raise ValueError("need videos >= 0 and frames_per_video >= 1")
-        if not 1 <= self.key_gap[0] <= self.key_gap[1]:
-            raise ValueError("key_gap must be 1 <= min <= max")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SynthConfig":
-        d = dict(d)
-        for k in ("key_gap", "hand_size", "fov_deg"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
 
 
 def video_id(index: int) -> str:
@@ -180,7 +140,7 @@ def _occluder_prims(occ: Occluder, hand: PosedHand, frame: int) -> raster.Primit
 
 @dataclass
 class RenderedFrame:
-    """One frame: image (H, W, 3) uint8 RGB, its label rows (labels.LABELS names) and posed hands."""
+    """One frame: image (H, W, 3) uint8 RGB, its label rows (sidecar_labels.LABELS names) and posed hands."""
     index: int
     image: np.ndarray
     rows: list[dict]
@@ -302,6 +262,6 @@ def make_video(cfg: SynthConfig, index: int, output_dir: str, photos: Sequence[n
     storage.write_bytes_atomic(video_uri, encoder.finish())
     labels_uri = lb.sidecar_uri(video_uri)
     storage.write_parquet_atomic(lb.labels_table(rows), labels_uri,
-                                 metadata={"synth_config": cfg.to_dict(), "video_id": plan.video_id})
+                                 metadata={"synth_config": asdict(cfg), "video_id": plan.video_id})
     return VideoResult(plan.video_id, video_uri, labels_uri, cfg.frames_per_video, len(rows),
                        time.perf_counter() - t0, time.process_time() - c0, codec, samples, montage)

@@ -182,7 +182,10 @@ def augment_batch(batch: dict[str, np.ndarray], *, seed: int, uses_positive: boo
 
 
 def normalize_imagenet(views):
-    """uint8 (N, 3, H, W) torch tensor -> float32 normalised with ImageNet mean/std (on its own device)."""
+    """uint8 (N, 3, H, W) torch tensor -> float32 normalised with ImageNet mean/std (on its own device).
+
+    The one input normalisation of the trunk: pre-training's views and evaluation's crops
+    (``evaluate.preprocess.to_model_input``) both go through it, so what the trunk sees cannot drift apart."""
     import torch
 
     mean = torch.tensor(IMAGENET_MEAN, device=views.device).view(1, 3, 1, 1)

@@ -1,11 +1,17 @@
-"""Training state on disk: Ray Train checkpoints, the data-position pointer, and the final trunk.
+"""Training state on disk: the one checkpoint format (pre-training and fine-tuning), the data-position
+pointer, and the final trunk.
 
-Layout under the output URI (a local directory or s3:// prefix):
+A checkpoint (``pack``) is {model, optimizer, scheduler, scaler, step, position, config_hash, digest, ...}: the
+state of the live objects, where the run stands (``position``: pre-training's samples and epoch, fine-tuning's
+epoch), the hash of the settings that shape the weights (checked in ``load``, the one place), and a digest of
+model + optimiser. Pre-training's layout under the output URI (a local directory or s3:// prefix):
     ray_train/checkpoint_00001000/state.pt   model, optimiser, scheduler, grad scaler, step, data position
     ray_train/checkpoint_00001000/state.json step, position, config hash, digest of model + optimiser
     latest.json                              the last checkpoint whose upload finished (rank 0 writes it
                                              after ``ray.train.report`` returns), read to restart the stream
     trunk.pt                                 the trunk's state_dict at the end (torchvision names, no fc.*)
+
+Fine-tuning writes the same state as one file (``save_file``, its ``checkpoint.pt``).
 
 Resume paths: a worker dies -> Ray Train (``FailureConfig``) restarts the worker group and
 ``ray.train.get_checkpoint()`` returns the latest checkpoint; the job is submitted again over the same
@@ -59,14 +65,21 @@ def state_digest(*states: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def save(directory: str, *, model: torch.nn.Module, optimizer, scheduler, scaler, step: int, position: dict,
-         config_hash: str) -> dict:
-    """Write ``state.pt`` + ``state.json`` into a local directory; returns the metadata written."""
+def pack(*, model: torch.nn.Module, optimizer, scheduler, scaler=None, step: int, position: dict,
+         config_hash: str, **extra) -> tuple[dict, dict]:
+    """(state, metadata) of a checkpoint: the state is what ``torch.save`` writes, the metadata its JSON-able
+    part (step, position, config hash, digest); ``extra`` (plain values) is stored in the state as it is."""
     model_state, optim_state = model.state_dict(), optimizer.state_dict()
     meta = {"step": step, "position": position, "config_hash": config_hash,
             "digest": state_digest(model_state, optim_state)}
     state = {"model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None, **meta}
+             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None, **extra, **meta}
+    return state, meta
+
+
+def save(directory: str, **kwargs) -> dict:
+    """Write ``state.pt`` + ``state.json`` (``pack(**kwargs)``) into a local directory; returns the metadata."""
+    state, meta = pack(**kwargs)
     os.makedirs(directory, exist_ok=True)
     torch.save(state, os.path.join(directory, STATE_FILE))
     with open(os.path.join(directory, META_FILE), "w") as f:
@@ -74,9 +87,33 @@ def save(directory: str, *, model: torch.nn.Module, optimizer, scheduler, scaler
     return meta
 
 
-def load(directory: str) -> dict:
-    """Read a checkpoint directory written by ``save`` (tensors on CPU)."""
-    return load_torch_file(os.path.join(directory, STATE_FILE))
+def save_file(uri: str, **kwargs) -> dict:
+    """Write ``pack(**kwargs)``'s state as one file (path or s3://, atomically); returns the metadata."""
+    state, meta = pack(**kwargs)
+    write_torch(uri, state)
+    return meta
+
+
+def write_torch(uri: str, obj: dict) -> None:
+    """Write ``obj`` (tensors and plain containers only, so ``load_torch_file`` reads it back) atomically."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    storage.write_bytes_atomic(uri, buf.getvalue())
+
+
+def load(directory: str, config_hash: str | None = None) -> dict:
+    """Read a checkpoint directory written by ``save`` (tensors on CPU); see ``load_file``."""
+    return load_file(os.path.join(directory, STATE_FILE), config_hash)
+
+
+def load_file(uri: str, config_hash: str | None = None) -> dict:
+    """Read a checkpoint file (tensors on CPU), refusing one stamped with another ``config_hash`` when given:
+    a checkpoint of another run's settings never resumes this one."""
+    state = load_torch_file(uri)
+    if config_hash is not None and state.get("config_hash") != config_hash:
+        raise ValueError(f"{uri} was written with other settings (config {state.get('config_hash')} != this "
+                         f"run's {config_hash}): the output holds a different run")
+    return state
 
 
 def restore(state: dict, *, model: torch.nn.Module, optimizer, scheduler, scaler) -> str:
@@ -107,8 +144,6 @@ def run_storage(output: str):
 
 def save_trunk(model: torch.nn.Module, output: str) -> str:
     """Write the trunk's state_dict (torchvision key names, CPU tensors) to ``output/trunk.pt``."""
-    buf = io.BytesIO()
-    torch.save(model.trunk_state_dict(), buf)
     uri = storage.join(output, TRUNK_FILE)
-    storage.write_bytes_atomic(uri, buf.getvalue())
+    write_torch(uri, model.trunk_state_dict())
     return uri

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +57,17 @@ class Unit:
     @property
     def num_rows(self) -> int:
         return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One read task's input: ``units`` (unit indices) of ``epoch``, resampled and shuffled together as item
+    number ``item`` of that epoch, the first ``skip`` of its rows dropped (consumed before a resume). An item
+    without units emits nothing."""
+    epoch: int
+    item: int
+    units: tuple[int, ...]
+    skip: int = 0
 
 
 @dataclass
@@ -140,6 +151,8 @@ def epoch_items(seed: int, epoch: int, num_units: int, interleave: int) -> list[
 def item_rows(seed: int, epoch: int, item: int, units: list[int], index: PairsIndex,
               weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The rows an item emits, in order: (position of the unit in ``units``, row in the unit, copy number)."""
+    if not units:
+        return (np.zeros(0, np.int64),) * 3
     pos, rows, copies = [], [], []
     for k, u in enumerate(units):
         mult = unit_multiplicity(seed, epoch, u, index.unit_sources[u], weights)
@@ -154,11 +167,8 @@ def item_rows(seed: int, epoch: int, item: int, units: list[int], index: PairsIn
 
 
 def plan_items(index: PairsIndex, weights: np.ndarray, seed: int, interleave: int, num_epochs: int,
-               start_samples: int = 0) -> list[dict]:
-    """Work items of the stream for epochs [0, num_epochs), minus the first ``start_samples`` rows.
-
-    Each item: {"epoch", "item", "units" (list of unit indices), "skip" (rows of its head to drop)}.
-    """
+               start_samples: int = 0) -> list[WorkItem]:
+    """Work items of the stream for epochs [0, num_epochs), minus the first ``start_samples`` rows."""
     items, seen = [], 0
     for epoch in range(num_epochs):
         groups = epoch_items(seed, epoch, len(index.units), interleave)
@@ -172,23 +182,30 @@ def plan_items(index: PairsIndex, weights: np.ndarray, seed: int, interleave: in
             if seen + n <= start_samples:
                 seen += n
                 continue
-            items.append({"epoch": epoch, "item": j, "units": list(g), "skip": max(0, start_samples - seen)})
+            items.append(WorkItem(epoch, j, tuple(g), max(0, start_samples - seen)))
             seen += n
     return items
 
 
-def plan_rows(index: PairsIndex, weights: np.ndarray, seed: int, items: list[dict]) -> int:
+def plan_rows(index: PairsIndex, weights: np.ndarray, seed: int, items: list[WorkItem]) -> int:
     """Rows the planned ``items`` emit (what ``read_items`` yields for them, skipped heads excluded)."""
     total = 0
     for it in items:
-        n = sum(int(unit_multiplicity(seed, it["epoch"], u, index.unit_sources[u], weights).sum())
-                for u in it["units"])
-        total += max(0, n - int(it["skip"]))
+        n = sum(int(unit_multiplicity(seed, it.epoch, u, index.unit_sources[u], weights).sum()) for u in it.units)
+        total += max(0, n - it.skip)
     return total
 
 
+def item_batch(items: list[WorkItem]) -> dict[str, np.ndarray]:
+    """Work items as the numpy batch Ray Data hands ``read_items`` (``units`` an object array of arrays)."""
+    units = np.empty(len(items), dtype=object)
+    units[:] = [np.asarray(it.units, dtype=np.int64) for it in items]
+    return {"epoch": np.array([it.epoch for it in items], np.int64), "item": np.array([it.item for it in items], np.int64),
+            "units": units, "skip": np.array([it.skip for it in items], np.int64)}
+
+
 def plan_stream(index: PairsIndex, weights: np.ndarray, seed: int, interleave: int, num_epochs: int,
-                start_samples: int = 0, min_rows: int = 0, max_epochs: int = 100_000) -> tuple[list[dict], int]:
+                start_samples: int = 0, min_rows: int = 0, max_epochs: int = 100_000) -> tuple[list[WorkItem], int]:
     """``plan_items`` over at least ``num_epochs`` epochs, extended until the items emit ``min_rows`` rows.
 
     ``stream_epochs`` estimates the epochs from the nominal N rows per epoch; resampled epochs hold a random
@@ -263,9 +280,7 @@ def read_items(batch: dict[str, np.ndarray], *, index: PairsIndex, weights: np.n
 
 def read_all(index: PairsIndex, uses_positive: bool, seed: int = 0) -> dict[str, np.ndarray]:
     """Every pair row once, in file order, as ``read_items`` gives them (benchmarks and checks, not training)."""
-    units = np.empty(1, dtype=object)
-    units[0] = np.arange(len(index.units))
-    one = {"epoch": np.zeros(1, np.int64), "item": np.zeros(1, np.int64), "units": units, "skip": np.zeros(1, np.int64)}
+    one = item_batch([WorkItem(0, 0, tuple(range(len(index.units))))])
     return read_items(one, index=index, weights=np.ones(len(index.sources)), seed=seed, uses_positive=uses_positive)
 
 
@@ -309,13 +324,13 @@ def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start
     if epochs > num_epochs:
         log.info("the pairs stream needs %d epochs (planned %d) to hold %d rows", epochs, num_epochs, min_rows)
     if not items:  # a finished run resubmitted: an item that emits nothing keeps the pipeline well-formed
-        items = [{"epoch": num_epochs - 1, "item": 0, "units": [0], "skip": 2 ** 62}]
+        items = [WorkItem(num_epochs - 1, 0, ())]
     blocks = min(math.ceil(len(items) / cfg.items_per_task), MAX_BLOCKS)
     if blocks == MAX_BLOCKS:
         log.info("the pairs stream holds %d items: %d per task (MAX_BLOCKS %d)", len(items),
                  math.ceil(len(items) / MAX_BLOCKS), MAX_BLOCKS)
     # A block of items is a task's input (its items run one after the other).
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ray.data.from_items([asdict(it) for it in items], override_num_blocks=blocks)
     ds = ds.map_batches(augment_items, batch_size=None, batch_format="numpy",
                         fn_kwargs={"index": index, "weights": weights, "seed": cfg.seed,
                                    "uses_positive": cfg.uses_positive, "cfg": cfg.augment,

@@ -92,7 +92,7 @@ def build_training(cfg: PretrainConfig, plan: Plan, device: torch.device):
     model = ContrastiveModel(cfg.arch, cfg.proj_hidden, cfg.proj_dim).to(device)
     if channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
-    opt, sched = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.lars_eta, plan.warmup_steps, plan.total_steps)
+    opt, sched = build_optimizer(model, cfg.lr, cfg.weight_decay, plan.warmup_steps, plan.total_steps, eta=cfg.lars_eta)
     amp_on, dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_on and dtype == torch.float16)
     return model, opt, sched, scaler
@@ -191,10 +191,7 @@ def train_loop_per_worker(config: dict) -> None:
     if ckpt is not None:
         # A private copy per worker: workers on one node sharing as_directory()'s download raced on S3.
         with tempfile.TemporaryDirectory() as d:
-            state = checkpoint.load(ckpt.to_directory(d))
-        if state["config_hash"] != config_hash:
-            raise ValueError(f"checkpoint config {state['config_hash']} != this run's {config_hash}: "
-                             "the output holds a different run")
+            state = checkpoint.load(ckpt.to_directory(d), config_hash)
         restored = checkpoint.restore(state, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
         step = int(state["step"])
         if rank == 0:

@@ -89,8 +89,10 @@ def read_metrics(output: str) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_loss_curve(rows: list[dict], uri: str, title: str = "") -> str | None:
-    """Loss and learning rate against step, as a PNG at ``uri``."""
+def plot_loss_curve(rows: list[dict], uri: str, title: str = "", x: str = "step", losses: tuple[str, ...] = ("loss",),
+                    ylabel: str = "contrastive loss") -> str | None:
+    """The ``losses`` of ``rows`` (and their learning rate, on a second axis) against ``x``, as a PNG at ``uri``:
+    pre-training's per-step curve and fine-tuning's per-epoch one."""
     if not rows:
         return None
     import matplotlib
@@ -98,13 +100,16 @@ def plot_loss_curve(rows: list[dict], uri: str, title: str = "") -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in rows]
+    xs = [r[x] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r["loss"] for r in rows], lw=1, label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("contrastive loss")
+    for key in losses:
+        ax.plot(xs, [r.get(key, float("nan")) for r in rows], lw=1, marker="o" if len(rows) < 50 else None, label=key)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    if len(losses) > 1:
+        ax.legend(loc="upper right")
     ax2 = ax.twinx()
-    ax2.plot(steps, [r["lr"] for r in rows], color="tab:orange", lw=1, label="lr")
+    ax2.plot(xs, [r["lr"] for r in rows], color="tab:gray", lw=1, ls=":", label="lr")
     ax2.set_ylabel("learning rate")
     ax.set_title(title)
     fig.tight_layout()

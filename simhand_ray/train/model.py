@@ -1,26 +1,16 @@
-"""ResNet trunk + projection head, and PeCLR's equivariant step in projection space (SPEC §3).
+"""Trunk + projection head, and PeCLR's equivariant step in projection space (SPEC §3).
 
-The trunk is torchvision's ResNet (weights=None) with ``fc`` replaced by an identity, so its state_dict is
-exactly torchvision's minus ``fc.*``: fine-tuning code loads it with ``strict=False``.
+The trunk is ``trunk.build_trunk``'s torchvision ResNet, so its state_dict is exactly torchvision's minus
+``fc.*``: fine-tuning code loads it with ``trunk.make_trunk``.
 Head: 2048 (512 for resnet18/34) -> 512 -> BN -> ReLU -> 128 (the last linear has no bias, as PeCLR).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
-
-
-def build_trunk(arch: str) -> nn.Module:
-    """torchvision ResNet without its classifier: (N, 3, H, W) -> (N, feature_dim)."""
-    if arch not in FEATURE_DIMS:
-        raise ValueError(f"unknown arch {arch!r}: one of {sorted(FEATURE_DIMS)}")
-    trunk = getattr(torchvision.models, arch)(weights=None)
-    trunk.fc = nn.Identity()
-    return trunk
+from simhand_ray.train.trunk import build_trunk, feature_dim
 
 
 class ContrastiveModel(nn.Module):
@@ -32,7 +22,7 @@ class ContrastiveModel(nn.Module):
             raise ValueError("the projection is viewed as 2-D points: out_dim must be even")
         self.trunk = build_trunk(arch)
         self.head = nn.Sequential(
-            nn.Linear(FEATURE_DIMS[arch], hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(feature_dim(self.trunk), hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, out_dim, bias=False),
         )
 

@@ -1,16 +1,16 @@
-"""LARS-wrapped Adam with linear warm-up then cosine decay per step (SPEC §3, PeCLR's optimiser).
+"""The optimisers of pre-training and fine-tuning, with linear warm-up then cosine decay per step.
 
+Pre-training (SPEC §3, PeCLR's optimiser): LARS-wrapped Adam.
 - lr = base_lr x sqrt(global batch) (``PretrainConfig.lr``).
 - Weight decay 1e-6 on conv/linear weights only; BN parameters and biases get neither weight decay nor the
   LARS trust ratio (the SimCLR convention).
 - LARS (pl_bolts' LARSWrapper semantics): before the inner step, each adapted parameter's gradient (with
   its weight decay added) is scaled by min(eta ||w|| / (||g|| + wd ||w|| + eps) / lr, 1).
+Fine-tuning: AdamW (decoupled weight decay) over the same two parameter groups, the same schedule.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 
@@ -104,9 +104,18 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module | Iterable, lr: float, weight_decay: float, eta: float, warmup_steps: int,
-                    total_steps: int) -> tuple[LARS, torch.optim.lr_scheduler.LambdaLR]:
-    """LARS(Adam) over ``param_groups`` + the per-step warm-up/cosine scheduler (step it after every update)."""
-    adam = torch.optim.Adam(param_groups(model, weight_decay), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(adam, lambda s: warmup_cosine(s, warmup_steps, total_steps))
-    return LARS(adam, eta=eta), sched
+OPTIMIZERS = ("lars-adam", "adamw")
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, warmup_steps: int, total_steps: int,
+                    kind: str = "lars-adam", eta: float = 0.02):
+    """(optimiser, per-step warm-up/cosine scheduler; step it after every update) over ``param_groups``.
+
+    ``kind``: "lars-adam" = LARS(Adam) with trust coefficient ``eta`` (pre-training), "adamw" (fine-tuning).
+    """
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"unknown optimiser {kind!r}: one of {OPTIMIZERS}")
+    inner_cls = torch.optim.Adam if kind == "lars-adam" else torch.optim.AdamW
+    inner = inner_cls(param_groups(model, weight_decay), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(inner, lambda s: warmup_cosine(s, warmup_steps, total_steps))
+    return (LARS(inner, eta=eta) if kind == "lars-adam" else inner), sched

@@ -1,7 +1,9 @@
 """The pretrain driver: plan the run from the pairs, start ``TorchTrainer``, write the summary and loss curve.
 
 Runs in the job's process (``ray job submit`` or plain python); the work happens in Ray Data tasks (reading,
-augmenting) and Ray Train workers (``loop.train_loop_per_worker``).
+augmenting) and Ray Train workers (``loop.train_loop_per_worker``). The output is a stage folder
+(``stage.StageManifest``, stage "pretrain", settings = ``PretrainConfig.result_dict()``); its status goes
+running -> complete, or incomplete / stopped for a run that ended short of its total.
 """
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ from dataclasses import asdict, replace
 
 from simhand_ray import storage
 from simhand_ray.config import PretrainConfig, from_dict
+from simhand_ray.stage import StageManifest
 from simhand_ray.train import checkpoint, data, metrics, resources
 from simhand_ray.train.loop import Plan, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "pretrain.json"
+STAGE = "pretrain"
 
 
 class DatasetFactory:
@@ -66,27 +69,18 @@ def plan_run(cfg: PretrainConfig, num_rows: int) -> Plan:
     return Plan(per_epoch, total, warmup, data.stream_epochs(total, cfg.batch_size, num_rows), num_rows)
 
 
-def check_resumable(cfg: PretrainConfig, previous: dict | None, config_hash: str) -> None:
-    """Refuse, before anything is written or started, an output that holds another run (or any run without
-    ``--resume``); the message names the settings that differ."""
-    if previous is None:
-        return
-    if not cfg.resume:
+def check_resumable(cfg: PretrainConfig, previous: dict | None) -> None:
+    """Refuse, before anything is written or started, an output that holds a run without ``--resume``, or one
+    made with other settings (``StageMismatch``, naming the settings that differ)."""
+    if previous is not None and not cfg.resume:
         raise ValueError(f"{cfg.output} already holds a run (step {previous['step']}): pass --resume to "
                          "continue it, or choose another output")
-    if previous.get("config_hash") == config_hash:
-        return
-    manifest = storage.join(cfg.output, MANIFEST)
-    before = storage.read_json(manifest).get("config", {}) if storage.exists(manifest) else {}
-    now = asdict(cfg)
-    changed = sorted(k for k in cfg.result_dict() if k in before and before[k] != now[k])
-    detail = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed) or "settings of an older version"
-    raise ValueError(f"--resume: {cfg.output} holds a run with other settings ({detail}); resume it with its "
-                     "own settings, or choose another output. Nothing was changed.")
+    if StageManifest.read(cfg.output, STAGE) is not None:
+        StageManifest.open(cfg.output, STAGE, cfg.result_dict())     # present: compares, writes nothing
 
 
 def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> dict:
-    """Train ``cfg.method`` on ``cfg.pairs`` into ``cfg.output``; returns a summary (also in pretrain.json).
+    """Train ``cfg.method`` on ``cfg.pairs`` into ``cfg.output``; returns the summary (also in ``_manifest.json``).
 
     Everything that can refuse the run (paths, an earlier run in the output, the pairs, the cluster's size)
     is checked before the first byte is written. ``resource_wait_s``: how long an autoscaling cluster may take
@@ -99,9 +93,8 @@ def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> d
     cfg = replace(cfg, pairs=storage.absolute(cfg.pairs), output=storage.absolute(cfg.output))
     storage.check_readable(cfg.pairs)
     storage.check_writable(cfg.output)
-    config_hash = storage.config_hash(cfg.result_dict())
     previous = checkpoint.read_position(cfg.output)
-    check_resumable(cfg, previous, config_hash)
+    check_resumable(cfg, previous)
     index = data.index_pairs(cfg.pairs, cfg.max_unit_rows)
     plan = plan_run(cfg, index.num_rows)
     weights = data.source_weights(index, cfg.balance_sources)
@@ -109,10 +102,9 @@ def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> d
     log.info("%s on %d pairs (%s): %d steps of %d (%d/epoch, warm-up %d), %d worker(s)%s", cfg.method,
              index.num_rows, index.source_counts(), plan.total_steps, cfg.batch_size, plan.steps_per_epoch,
              plan.warmup_steps, cfg.num_workers, f", resuming from step {previous['step']}" if previous else "")
-    manifest = {"config": asdict(cfg), "config_hash": config_hash, "plan": asdict(plan),
-                "sources": index.source_counts(),
-                "sampling_weights": {s: float(w) for s, w in zip(index.sources, weights)}, "status": "running"}
-    storage.write_json_atomic(storage.join(cfg.output, MANIFEST), manifest)
+    manifest = StageManifest.open(cfg.output, STAGE, cfg.result_dict())
+    manifest.update(status="running", config=asdict(cfg), plan=asdict(plan), sources=index.source_counts(),
+                    sampling_weights={s: float(w) for s, w in zip(index.sources, weights)})
 
     storage_path, fs = checkpoint.run_storage(cfg.output)
     trainer = TorchTrainer(
@@ -135,10 +127,11 @@ def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> d
     step = final.get("step", 0)
     done = step >= plan.total_steps
     short = step < target_step(cfg, plan)
-    summary = {**manifest, "status": "done" if done else "incomplete" if short else "stopped", "step": step,
+    status = "complete" if done else "incomplete" if short else "stopped"
+    summary = {"status": status, "step": step, "plan": asdict(plan),
                "final_loss": rows[-1]["loss"] if rows else None, "loss_curve": curve,
                "trunk": storage.join(cfg.output, checkpoint.TRUNK_FILE) if done else None,
                "result_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))}}
-    storage.write_json_atomic(storage.join(cfg.output, MANIFEST), summary)
+    manifest.finish(summary, status=status)
     check_reached(cfg, plan, step)
     return summary

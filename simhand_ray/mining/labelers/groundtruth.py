@@ -1,7 +1,7 @@
 """Ground truth as a labeler: hands of synthetic videos looked up from their sidecar label tables.
 
 ``LabelerConfig.groundtruth_labels`` names one labels Parquet file or a directory / s3:// prefix of them
-(see ``simhand_ray.synthetic.labels``); empty means "next to each video": ``<stem>.labels.parquet`` beside
+(see ``sidecar_labels``); empty means "next to each video": ``<stem>.labels.parquet`` beside
 the video named by ``FrameRef.uri`` (``<video>.labels.parquet`` is tried too). Frames are matched by
 (video_id, frame_index), falling back to the video's file name when a manifest renamed the video_id.
 det_score and handedness_score are 1; keypoint scores are the labels' visibility (1 visible, 0 occluded
@@ -17,7 +17,7 @@ import pyarrow as pa
 from simhand_ray import storage
 from simhand_ray.config import LabelerConfig
 from simhand_ray.mining.labelers.base import DetectedHand, FrameRef
-from simhand_ray.synthetic.labels import LABEL_SUFFIX, LABELS, column_array, sidecar_uri
+from simhand_ray.mining.labelers.sidecar_labels import LABEL_SUFFIX, LABELS, column_array, sidecar_uri
 
 _Key = tuple[str, int]
 

@@ -6,13 +6,24 @@ The tasks API gives 21 landmarks (SPEC order) and a handedness category per hand
 score and no per-landmark confidence: the box is the landmarks' bounding box, and the handedness score
 (the hand's classification confidence) stands in for the detection and keypoint scores.
 Handedness is reported for the image as given (no selfie mirroring is assumed).
+
+MediaPipe's C++ side logs to the process's stderr through absl, which no Python setting reaches: the lines
+it prints when the model loads and at the first hands found (XNNPACK delegate, "Logging before InitGoogle",
+"Feedback manager requires a model with a single signature", "Using NORM_RECT without IMAGE_DIMENSIONS is
+only supported for the square ROI") are caught there and dropped; any other line is passed on. The last one
+does not mean that landmarks of non-square frames are misplaced: measured on a hand photo in a 480x1152
+frame rotated 0-90 degrees, the landmarks agree with those of the same frame padded to a square to within
+1-2.5% of the hand's size, the differences of a detector that sees other pixels.
 """
 from __future__ import annotations
 
 import atexit
 import os
+import re
+import sys
 import tempfile
 import threading
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +31,32 @@ import numpy as np
 from simhand_ray import storage
 from simhand_ray.config import LabelerConfig
 from simhand_ray.mining.labelers.base import DetectedHand, FrameRef
+
+
+#: MediaPipe/TFLite start-up lines that say nothing a user can act on.
+KNOWN_CHATTER = re.compile(r"XNNPACK delegate|Logging before InitGoogle|Feedback manager requires|"
+                           r"NORM_RECT without IMAGE_DIMENSIONS")
+
+
+@contextmanager
+def native_stderr_filtered(pattern: re.Pattern = KNOWN_CHATTER):
+    """Catch what native code writes to file descriptor 2 inside the block; pass on the lines that do not
+    match ``pattern`` (Python's own stderr is flushed first, so nothing of ours is reordered or lost)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [ln for ln in sink.read().decode(errors="replace").splitlines(keepends=True)
+                    if not pattern.search(ln)]
+            if kept:
+                os.write(2, "".join(kept).encode())
 
 
 def default_model_path() -> str:
@@ -54,7 +91,9 @@ class MediaPipeLabeler:
             running_mode=vision.RunningMode.IMAGE, num_hands=cfg.max_hands,
             min_hand_detection_confidence=cfg.mediapipe_min_detection_confidence,
             min_hand_presence_confidence=cfg.mediapipe_min_detection_confidence)
-        self._landmarker = vision.HandLandmarker.create_from_options(options)
+        with native_stderr_filtered():
+            self._landmarker = vision.HandLandmarker.create_from_options(options)
+        self._quiet = False          # True once the first hands were found (MediaPipe's last start-up line)
         # Close before mediapipe's dispatch executor shuts down at exit, or its own __del__ prints a trace
         # ("cannot schedule new futures after shutdown"). That executor stops in threading's exit hooks,
         # which run before atexit's; concurrent.futures stops its pools there through this same hook, and
@@ -69,7 +108,12 @@ class MediaPipeLabeler:
 
         h, w = frame.shape[:2]
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
-        result = self._landmarker.detect(image)
+        if self._quiet:
+            result = self._landmarker.detect(image)
+        else:
+            with native_stderr_filtered():
+                result = self._landmarker.detect(image)
+            self._quiet = bool(result.hand_landmarks)
         hands = []
         for landmarks, category in zip(result.hand_landmarks, result.handedness):
             kp = np.array([[lm.x * w, lm.y * h] for lm in landmarks], np.float32)

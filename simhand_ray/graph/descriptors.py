@@ -23,12 +23,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from simhand_ray.config import DESCRIPTOR_SCALES
 from simhand_ray.schema import MIDDLE_MCP, NUM_JOINTS, WRIST
 
 log = logging.getLogger(__name__)
 
 DIM = 2 * NUM_JOINTS
-SCALES = ("rms", "palm")
+SCALES = DESCRIPTOR_SCALES
 #: Reasons a hand gets no descriptor ("" = valid).
 REASON_NONFINITE = "nonfinite_keypoints"
 REASON_DEGENERATE = "degenerate_scale"

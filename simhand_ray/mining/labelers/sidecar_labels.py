@@ -1,4 +1,6 @@
-"""The sidecar label table of a synthetic video: one row per hand per frame, with the ground truth.
+"""The sidecar label table of a video: one row per hand per frame, with the ground truth. The synth job
+writes it (``simhand_ray.synthetic.video``), the groundtruth labeler reads it: the format lives here, beside its
+reader, so that mining never imports synthetic.
 
 Written next to each video as ``<stem>.labels.parquet`` (``synth_00000.mp4`` ->
 ``synth_00000.labels.parquet``). Coordinates: keypoints_2d in frame pixels (continuous, pixel centres at

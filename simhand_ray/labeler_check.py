@@ -1,4 +1,6 @@
 """How well a labeler recovers the ground truth of synthetic frames: detection rate and 2D keypoint error.
+It sits above both the labelers and the synthetic videos, and nothing in the library imports it: it is for
+benchmarks/synthetic_realism.py and the tests.
 
 Each true hand is matched to at most one predicted hand, greedily by the smallest mean joint distance
 normalised by the true box's longer side; a match further than ``max_error`` box sizes is a miss.

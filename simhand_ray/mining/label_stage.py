@@ -1,0 +1,140 @@
+"""The label stage on Ray Data: input files -> work items -> labeled right-hand crops in Parquet shards.
+
+Data flow:
+  1. driver: expand ``--input`` into files (listing only), then open the output's ``_manifest.json`` (stage
+     "label"): fresh, the same settings (a resume: done work items are skipped), or refused (``StageMismatch``);
+  2. plan the work items (``work_items``): probe each video and split it at keyframes into segments; group
+     the images not yet labeled into chunks; unreadable inputs become reject items. Gathered on the driver
+     (the rows are tiny), which frees every CPU for step 3 and gives the progress bar its total;
+  3. labeler actors (``map_batches``, one work item per call) label and commit each item (``label_item``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import asdict
+
+from simhand_ray import storage
+from simhand_ray.config import LabelConfig, from_dict
+from simhand_ray.mining.affinity import claim_cores
+from simhand_ray.mining.inputs import expand_inputs
+from simhand_ray.mining.label_item import process_work_item
+from simhand_ray.mining.labelers import build_labeler
+from simhand_ray.mining.work_items import WorkItem, image_progress, pin_partial_videos, plan_all_videos, plan_images
+from simhand_ray.progress import progress_bar
+from simhand_ray.stage import StageManifest
+
+log = logging.getLogger(__name__)
+
+STAGE = "label"
+#: The id scheme (schema.HANDS hand_id, work item names), part of the output's settings: an output written
+#: under another scheme is refused rather than given the same hands under second ids.
+ID_SCHEME = 2
+
+
+class LabelWorker:
+    """A Ray Data actor: builds the labeler once (model load) and processes one work item per call."""
+
+    def __init__(self, cfg_dict: dict):
+        self.cfg = from_dict(LabelConfig, cfg_dict)
+        lab = self.cfg.labeler
+        self.cores = claim_cores(lab.cpus_per_labeler) if lab.pin_cores and lab.cpus_per_labeler >= 1 else None
+        log.info("labeler pid %d pinned to cores %s", os.getpid(), sorted(self.cores) if self.cores else "none")
+        self.labeler = build_labeler(lab)   # after pinning: the model's threads inherit the cores
+
+    def __call__(self, batch: dict) -> dict:
+        if self.cores:   # the thread that runs this call, and those it starts, stay on the claimed cores
+            os.sched_setaffinity(0, self.cores)
+        results = [process_work_item(WorkItem.from_json(p), self.cfg, self.labeler) for p in batch["payload"]]
+        return {k: [r[k] for r in results] for k in results[0]}
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+def open_output(cfg: LabelConfig) -> StageManifest:
+    """Open the output's stage manifest with the settings that shape the label output (``StageMismatch``, a
+    ValueError, if it holds one made with others). Call it only once the inputs and the output check out."""
+    return StageManifest.open(cfg.output, STAGE, {"config": cfg.result_dict(), "id_scheme": ID_SCHEME})
+
+
+def done_work_ids(output: str) -> set[str]:
+    """The work items committed in ``output``: those with a ``segments/`` marker."""
+    return {storage.basename(u)[:-len(".parquet")] for u in storage.list_parts(storage.join(output, "segments"))}
+
+
+def labeler_concurrency(cfg: LabelConfig) -> int:
+    """How many labeler actors: as asked, else as many as the cluster's GPUs (or CPUs) hold."""
+    import ray
+
+    if cfg.num_workers:
+        return cfg.num_workers
+    res = ray.cluster_resources()
+    lab = cfg.labeler
+    if lab.gpus_per_labeler > 0:
+        return max(1, int(res.get("GPU", 0) // lab.gpus_per_labeler))
+    return max(1, int(res.get("CPU", 1) // max(lab.cpus_per_labeler, 1e-3)))
+
+
+def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
+    """Run the label stage end to end; returns (and logs) the summary."""
+    import ray
+
+    t0 = time.time()
+    storage.check_writable(cfg.output)   # a missing bucket / bad credentials fail here, before any work
+    files = expand_inputs(cfg.inputs, cfg.source)   # a missing input or bad manifest fails here
+    manifest = open_output(cfg)          # only now: a refused run leaves no stamp behind
+    if manifest.existed:                 # a resume, or more inputs into a finished output
+        manifest.update(status="running")
+    videos = [f for f in files if f.kind == "video"]
+    images = [f for f in files if f.kind == "image"]
+    log.info("label: %d videos, %d images from %d inputs -> %s", len(videos), len(images), len(cfg.inputs), cfg.output)
+
+    cfg_dict = asdict(cfg)
+    done = done_work_ids(cfg.output)
+    done_images, started = image_progress(cfg.output, done)
+    planned = (pin_partial_videos(plan_all_videos(videos, cfg), done, cfg.output)
+               + plan_images(images, cfg.images_per_item, done_images, started))
+    items = [{"work_id": it.work_id, "payload": it.to_json()} for it in planned]
+    todo = [it for it in items if it["work_id"] not in done]
+    skipped = len(items) - len(todo) + sum(w.startswith("img-") for w in done)   # done image chunks aren't replanned
+    log.info("label: %d work items, %d already done, %d to run", len(todo) + skipped, skipped, len(todo))
+
+    totals: Counter = Counter()
+    filtered: Counter = Counter()
+    reasons: Counter = Counter()
+    if todo:
+        lab = cfg.labeler
+        n = min(labeler_concurrency(cfg), len(todo))
+        log.info("label: %d labeler actors, each {CPU: %s, GPU: %s}%s", n, lab.cpus_per_labeler, lab.gpus_per_labeler,
+                 ", on cores of its own" if lab.pin_cores and lab.cpus_per_labeler >= 1 else "")
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+            LabelWorker, fn_constructor_kwargs={"cfg_dict": cfg_dict}, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=n), num_cpus=lab.cpus_per_labeler,
+            num_gpus=lab.gpus_per_labeler or None)  # Ray Data retries an item whose actor died
+        bar = progress_bar(len(todo), "label", "item", progress)
+        for row in ds.iter_rows():
+            for k in ("frames_decoded", "frames_kept", "hands_found", "hands_kept", "rejects"):
+                totals[k] += int(row[k])
+            filtered.update(json.loads(row["filtered"]))
+            reasons.update(json.loads(row["reject_reasons"]))
+            bar.update(1)
+            bar.set_postfix(frames=totals["frames_kept"], hands=totals["hands_kept"], refresh=False)
+        bar.close()
+    wall = time.time() - t0
+    summary = {
+        "output": cfg.output, "videos": len(videos), "images": len(images), "work_items": len(todo) + skipped,
+        "work_items_skipped_done": skipped, "work_items_run": len(todo),
+        "frames_decoded": totals["frames_decoded"], "frames_kept": totals["frames_kept"],
+        "hands_found": totals["hands_found"], "hands_kept": totals["hands_kept"],
+        "hands_filtered": dict(filtered), "rejects": dict(reasons), "seconds": round(wall, 2),
+        "kept_frames_per_second": round(totals["frames_kept"] / wall, 2) if wall > 0 else math.nan,
+        "hands_dir": storage.join(cfg.output, "hands"), "rejects_dir": storage.join(cfg.output, "rejects"),
+    }
+    manifest.finish(summary)
+    log.info("label: %d hands kept of %d found in %d frames (%d work items run, %d done before, %d rejects) "
+             "in %.1f s", summary["hands_kept"], summary["hands_found"], summary["frames_kept"], len(todo), skipped,
+             sum(reasons.values()), wall)
+    return summary
