@@ -1,4 +1,4 @@
-"""The pretrain job (SPEC §3): mined pairs -> contrastive pre-training on Ray Train -> OUTPUT/trunk.pt.
+r"""The pretrain job (SPEC §3): mined pairs -> contrastive pre-training on Ray Train -> OUTPUT/trunk.pt.
 
     python jobs/pretrain.py --pairs out/mine/pairs --output out/pretrain --method simhand-w \
         --num-workers 1 --batch-size 64 --max-steps 100 --arch resnet18
