@@ -18,8 +18,8 @@ import logging
 import _common  # noqa: F401  (puts the repo on sys.path)
 from _common import HelpFormatter, init_ray, int_range, setup_logging
 
-from simhand_ray.config import PoseEvalConfig, ProbeConfig, field_defaults
-from simhand_ray.evaluate.datasets import DATASETS
+from simhand_ray.config import FINETUNE_DATASETS, PoseEvalConfig, ProbeConfig, field_defaults
+
 
 log = logging.getLogger("simhand.evaluate")
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"crops per model call (default: {pe['batch_size']}, probe {pr['batch_size']})")
     p.add_argument("--num-cpus", type=int_range(1), default=None, help="CPUs of a local Ray (ignored on a cluster)")
     g = p.add_argument_group("pose metrics")
-    g.add_argument("--dataset", choices=tuple(DATASETS), default=pe["dataset"])
+    g.add_argument("--dataset", choices=FINETUNE_DATASETS, default=pe["dataset"])
     g.add_argument("--data-root")
     g.add_argument("--split", default=pe["split"], help="default: FreiHAND evaluation, DexYCB s1 test, AssemblyHands test")
     g.add_argument("--model", help="fine-tuning output directory (model.pt) or a .pt file")

@@ -300,17 +300,17 @@ NEG_WEIGHT_MIN_MODES = ("reference", "exclude-self")   # losses.adaptive_weights
 @dataclass(frozen=True)
 class AugmentConfig:
     """Per-view augmentation of SPEC §3 (ranges of the colour jitter are PeCLR's)."""
-    max_angle: int = 45                                  # integer angle in [-max_angle, max_angle] degrees
-    crop_margin: tuple[float, float] = (0.9, 1.5)        # half-side = max keypoint radius x U(lo, hi)
-    max_jitter: int = 15                                 # crop origin jitter in [0, max_jitter] px (crop pixels)
-    size: int = 128                                      # output side in pixels
-    hue_factor: tuple[float, float] = (0.01, 1.0)        # HSV: h *= U(lo, hi)
-    sat_factor: tuple[float, float] = (0.01, 1.0)        # s *= U(lo, hi)
-    value_alpha: tuple[float, float] = (0.5, 1.0)        # v = v * U(lo, hi) + U(beta)
-    value_beta: tuple[float, float] = (5.0, 20.0)
-    rotate: bool = True
-    crop: bool = True
-    color_jitter: bool = True
+    max_angle: int = opt(45, "rotation by an integer angle in [-max_angle, max_angle] degrees", bounds=Bounds(0, 180))
+    crop_margin: tuple[float, float] = opt((0.9, 1.5), "half-side = max keypoint radius x U(lo, hi)", cli=False)
+    max_jitter: int = opt(15, "crop origin jitter in [0, max_jitter] px (crop pixels)", bounds=Bounds(0))
+    size: int = opt(128, "side of the augmented views (pixels)", bounds=Bounds(8), flag="--image-size")
+    hue_factor: tuple[float, float] = opt((0.01, 1.0), "HSV: h *= U(lo, hi)", cli=False)
+    sat_factor: tuple[float, float] = opt((0.01, 1.0), "s *= U(lo, hi)", cli=False)
+    value_alpha: tuple[float, float] = opt((0.5, 1.0), "v = v * U(lo, hi) + U(beta)", cli=False)
+    value_beta: tuple[float, float] = opt((5.0, 20.0), cli=False)
+    rotate: bool = opt(True, "random rotation of each view")
+    crop: bool = opt(True, "keypoint-driven random crop of each view")
+    color_jitter: bool = opt(True, "HSV colour jitter of each view")
 
     def __post_init__(self):
         for name in ("crop_margin", "hue_factor", "sat_factor", "value_alpha", "value_beta"):
@@ -318,8 +318,7 @@ class AugmentConfig:
             if len(v) != 2 or v[0] > v[1]:
                 raise ValueError(f"{name} must be a (low, high) pair, got {v}")
             object.__setattr__(self, name, v)
-        if not 0 <= self.max_angle <= 180 or self.max_jitter < 0 or self.size < 8:
-            raise ValueError("max_angle in [0, 180], max_jitter >= 0 and size >= 8 required")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -330,68 +329,67 @@ class PretrainConfig:
     ``epochs`` passes over the pairs; otherwise ``max_steps`` optimiser steps, with the warm-up scaled to the
     same fraction (``warmup_epochs / epochs``) of the run.
     """
-    pairs: str = ""
-    output: str = ""
-    method: str = "simhand-w"             # simclr | peclr | simhand | simhand-w
-    arch: str = "resnet50"                # resnet18 | resnet34 | resnet50 | resnet101 (weights=None)
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0          # CPUs a training worker reserves; the rest go to Ray Data
-    batch_size: int = 8192                # global
-    epochs: int = 100
-    max_steps: int = 0                    # 0 = epochs x steps per epoch
-    warmup_epochs: float = 10.0
-    base_lr: float = 1e-4                 # lr = base_lr x sqrt(global batch)
-    weight_decay: float = 1e-6            # not applied to BN parameters and biases
-    lars_eta: float = 0.02
-    temperature: float = 0.5
-    proj_hidden: int = 512
-    proj_dim: int = 128
-    amp: bool = True                      # mixed precision, on GPU only
-    amp_dtype: str = "bfloat16"           # bfloat16 | float16 (float16 uses a GradScaler)
-    gather_distributed: bool = True       # negatives from every worker's batch (all_gather with gradient)
-    neg_weight_min: str = "reference"     # SiMHand-W negatives' min: reference (self-distances in, so 0) | exclude-self
-    seed: int = 0
-    balance_sources: bool = True          # sample so each source contributes equally (data.py)
-    fixed_views: bool = False             # augmentation seeds ignore the epoch (same views every epoch)
-    interleave: int = 2                   # input units mixed into one shuffled read item
-    max_unit_rows: int = 256              # rows per input unit (a row group, split if larger): one stream task
-                                          # reads interleave x this many rows (the pairs stage writes 256-row groups)
-    augment_batch_size: int = 32          # rows per augmentation call in Ray Data
-    items_per_task: int = 4               # stream work items per Ray Data task (a task costs ~0.2 s to hand over)
-    shuffle_buffer: int = 0               # rows of the worker-side local shuffle buffer (0 = off)
-    prefetch_batches: int = 2             # batches each worker fetches ahead (pinned, copied to the GPU in a thread)
-    channels_last: bool = True            # model and inputs in channels_last on CUDA (tensor-core friendly)
-    compile: bool = False                 # torch.compile the model and SiMHand-W's distances
-    resource_wait_s: float = 300.0        # how long to wait for the cluster to offer the workers' resources
-    checkpoint_every: int = 1000          # steps
-    keep_checkpoints: int = 2
-    log_every: int = 10                   # steps between ray.train.report / log lines (metrics kept every step)
-    max_failures: int = 3                 # worker-group restarts from the latest checkpoint (FailureConfig)
-    resume: bool = False                  # continue the run found in ``output``
-    stop_at_step: int = 0                 # end this submission early (with a checkpoint) at this step
-    fail_at_step: int = 0                 # testing: a worker raises the first time the run reaches this step
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pairs: str = opt("", "pairs dataset: directory, Parquet file or s3:// prefix", cli=False)
+    output: str = opt("", "output directory or s3:// prefix (checkpoints, trunk.pt)", cli=False)
+    method: str = opt("simhand-w", choices=PRETRAIN_METHODS)
+    arch: str = opt("resnet50", "torchvision ResNet trunk (weights=None)", choices=PRETRAIN_ARCHS)
+    num_workers: int = opt(1, "training workers (one per GPU)", bounds=Bounds(1))
+    use_gpu: bool = opt(False, "one GPU per training worker")
+    cpus_per_worker: float = opt(1.0, "CPUs each training worker reserves; the rest of the cluster augments data",
+                                 bounds=Bounds(0))
+    batch_size: int = opt(8192, "global batch (pairs), split over the workers", bounds=Bounds(2))
+    epochs: int = opt(100, "passes over the pairs (when --max-steps is 0)", bounds=Bounds(1))
+    max_steps: int = opt(0, "optimiser steps (overrides --epochs; 0 = epochs x steps per epoch)", bounds=Bounds(0))
+    warmup_epochs: float = opt(10.0, "linear warm-up, then cosine to 0", bounds=Bounds(0))
+    base_lr: float = opt(1e-4, "lr = base x sqrt(global batch)", bounds=Bounds(0, lo_open=True))
+    weight_decay: float = opt(1e-6, "not applied to BN parameters and biases", bounds=Bounds(0))
+    lars_eta: float = opt(0.02, "LARS trust coefficient", bounds=Bounds(0))
+    temperature: float = opt(0.5, "NT-Xent temperature", bounds=Bounds(0, lo_open=True))
+    proj_hidden: int = opt(512, "projection head: hidden width", bounds=Bounds(1))
+    proj_dim: int = opt(128, "projection head: output width (even: PeCLR reads it as 2-D points)", bounds=Bounds(2))
+    amp: bool = opt(True, "mixed precision on GPU (--no-amp: float32)")
+    amp_dtype: str = opt("bfloat16", "float16 uses a GradScaler", choices=("bfloat16", "float16"))
+    gather_distributed: bool = opt(True, "negatives (and SiMHand-W's weight min/max) from every worker's batch "
+                                   "(all_gather with gradient); --no-gather: each worker's own only, as the "
+                                   "reference code's DataParallel training had them per GPU", flag="--gather")
+    neg_weight_min: str = opt("reference", "SiMHand-W: the negatives' distance min over the whole matrix, "
+                              "self-distances (0) included, as the reference code (w- = 1 - d/max); or over the "
+                              "other samples only", choices=NEG_WEIGHT_MIN_MODES)
+    seed: int = opt(0, bounds=Bounds(0))
+    balance_sources: bool = opt(True, "sample so each source contributes equally (--no-balance-sources: uniform)")
+    fixed_views: bool = opt(False, "same augmentation every epoch (debugging, overfit checks)")
+    interleave: int = opt(2, "input units mixed into one shuffled read item", bounds=Bounds(1))
+    max_unit_rows: int = opt(256, "rows per input unit (a row group, split if larger); the pairs stage writes "
+                             "256-row groups", bounds=Bounds(1))
+    augment_batch_size: int = opt(32, "rows per augmentation call in Ray Data", bounds=Bounds(1))
+    items_per_task: int = opt(4, "stream work items per Ray Data task (a task costs ~0.2 s to hand over)",
+                              bounds=Bounds(1))
+    shuffle_buffer: int = opt(0, "rows of the worker-side local shuffle buffer (0 = off)", bounds=Bounds(0))
+    prefetch_batches: int = opt(2, "batches each worker fetches ahead (pinned, copied to the GPU in a thread)",
+                                bounds=Bounds(0))
+    channels_last: bool = opt(True, "model and inputs in channels_last on CUDA (tensor-core friendly)")
+    compile: bool = opt(False, "torch.compile the model and SiMHand-W's distances (minutes of compiling first)")
+    resource_wait_s: float = opt(300.0, "seconds to wait for an autoscaling cluster to offer the workers' and the "
+                                 "stream's resources before failing (a local Ray fails at once)", bounds=Bounds(0),
+                                 flag="--resource-wait")
+    checkpoint_every: int = opt(1000, "steps", bounds=Bounds(1))
+    keep_checkpoints: int = opt(2, bounds=Bounds(1))
+    log_every: int = opt(10, "steps between reports and log lines (metrics are kept every step)", bounds=Bounds(1))
+    max_failures: int = opt(3, "worker-group restarts from the latest checkpoint", bounds=Bounds(0))
+    resume: bool = opt(False, "continue the run found in --output")
+    stop_at_step: int = opt(0, "end this submission early (with a checkpoint) at this step", bounds=Bounds(0))
+    fail_at_step: int = opt(0, "testing: one worker raises the first time the run reaches this step (exercises "
+                            "recovery)", bounds=Bounds(0))
+    augment: AugmentConfig = opt(factory=AugmentConfig)
 
     def __post_init__(self):
         if self.method not in PRETRAIN_METHODS:
             raise ValueError(f"unknown method {self.method!r}: one of {PRETRAIN_METHODS}")
         if self.arch not in PRETRAIN_ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}: one of {PRETRAIN_ARCHS}")
-        if self.num_workers < 1 or self.batch_size < 2:
-            raise ValueError("num_workers >= 1 and batch_size >= 2 required")
+        check_fields(self)
         if self.batch_size % self.num_workers:
             raise ValueError(f"the global batch {self.batch_size} must divide evenly over {self.num_workers} workers")
-        if self.amp_dtype not in ("bfloat16", "float16"):
-            raise ValueError("amp_dtype must be bfloat16 or float16")
-        if self.epochs < 1 or self.max_steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
-            raise ValueError("epochs >= 1, max_steps >= 0, checkpoint_every >= 1, log_every >= 1 required")
-        if min(self.interleave, self.max_unit_rows, self.augment_batch_size, self.items_per_task) < 1:
-            raise ValueError("interleave, max_unit_rows, augment_batch_size and items_per_task must be >= 1")
-        if self.neg_weight_min not in NEG_WEIGHT_MIN_MODES:
-            raise ValueError(f"neg_weight_min must be one of {NEG_WEIGHT_MIN_MODES}, not {self.neg_weight_min!r}")
-        if self.cpus_per_worker < 0 or self.resource_wait_s < 0:
-            raise ValueError("cpus_per_worker and resource_wait_s must be >= 0")
 
     @property
     def local_batch_size(self) -> int:
@@ -430,44 +428,46 @@ _DATACLASSES[PretrainConfig.__name__] = PretrainConfig
 AUC_STEPS = 100      # PCK thresholds over 0-50 mm, as FreiHAND's and DexYCB's evaluation scripts
 
 
+FINETUNE_DATASETS = ("freihand", "dexycb", "assemblyhands")     # evaluate.datasets.DATASETS' keys
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning settings. ``batch_size`` is per worker; ``max_steps`` (0 = none) caps the run for smoke
     tests; ``trunk`` is a weights path / s3:// URI (pre-trained trunk.pt, an ImageNet state_dict) or empty
     for random init; ``arch`` "auto" takes it from the weights."""
-    dataset: str = "freihand"             # freihand | dexycb | assemblyhands (evaluate.datasets.DATASETS)
-    data_root: str = ""                   # the dataset's root: local path or s3:// prefix
-    split: str = ""                       # empty: the dataset's training split
-    output: str = ""
-    trunk: str = ""
-    arch: str = "auto"                    # TRUNK_ARCHS, or auto
-    input_size: int = 128                 # crop side in pixels (the trunk downsamples x32)
-    crop_scale: float = 1.5               # crop side / longer side of the keypoints' box
-    augment: bool = True                  # rotation, scale, shift and colour jitter (preprocess.train_spec)
-    epochs: int = 50
-    max_steps: int = 0
-    batch_size: int = 64
-    lr: float = 5e-4                      # AdamW peak, after warm-up; cosine to 0
-    weight_decay: float = 1e-4            # not applied to BN parameters and biases
-    warmup_epochs: float = 1.0
-    weight_2d: float = 5.0                # loss = weight_2d x L1(uv) + weight_3d x L1(xyz)
-    weight_3d: float = 1.0
-    head_width: int = 256                 # channels of the pose head's upsampling layers
-    max_samples: int = 0                  # 0 = every training record
-    seed: int = 0
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    amp: bool = True
-    resume: bool = True
+    dataset: str = opt("freihand", choices=FINETUNE_DATASETS)
+    data_root: str = opt("", "dataset root: a local path or s3:// prefix", cli=False)
+    split: str = opt("", "default: the dataset's training split (FreiHAND training, DexYCB s1 train, "
+                     "AssemblyHands train)")
+    output: str = opt("", "output directory or s3:// prefix (resumed if it holds a checkpoint)", cli=False)
+    trunk: str = opt("", "trunk weights (pre-training trunk.pt, any torchvision ResNet state_dict); empty = random "
+                     "init")
+    arch: str = opt("auto", "auto = from --trunk (resnet50 without)", choices=("auto", *TRUNK_ARCHS))
+    input_size: int = opt(128, "crop side in pixels (the trunk downsamples x32)", bounds=Bounds(32))
+    crop_scale: float = opt(1.5, "crop side / longer side of the keypoints' box", bounds=Bounds(0, lo_open=True))
+    augment: bool = opt(True, "rotation, scale, shift and colour jitter of the training crops")
+    epochs: int = opt(50, bounds=Bounds(1))
+    max_steps: int = opt(0, "stop after this many steps (0 = run all epochs)", bounds=Bounds(0))
+    batch_size: int = opt(64, "per worker (>= 2: BatchNorm in the head)", bounds=Bounds(2))
+    lr: float = opt(5e-4, "AdamW peak, after warm-up; cosine to 0", bounds=Bounds(0, lo_open=True))
+    weight_decay: float = opt(1e-4, "not applied to BN parameters and biases", bounds=Bounds(0))
+    warmup_epochs: float = opt(1.0, bounds=Bounds(0))
+    weight_2d: float = opt(5.0, "loss = weight_2d x L1(uv) + weight_3d x L1(xyz)", bounds=Bounds(0))
+    weight_3d: float = opt(1.0, bounds=Bounds(0))
+    head_width: int = opt(256, "channels of the pose head's upsampling layers", bounds=Bounds(1))
+    max_samples: int = opt(0, "use only the first N training records (0 = all)", bounds=Bounds(0))
+    seed: int = opt(0, bounds=Bounds(0))
+    num_workers: int = opt(1, "Ray Train workers (DDP world size)", bounds=Bounds(1))
+    use_gpu: bool = opt(False, "one GPU per worker")
+    cpus_per_worker: float = opt(1.0, bounds=Bounds(0))
+    amp: bool = opt(True, "bfloat16 autocast on GPU")
+    resume: bool = opt(True, "continue from --output's checkpoint if it holds one")
 
     def __post_init__(self):
         if not self.output:
             raise ValueError("fine-tuning needs an output directory")
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2 (BatchNorm in the head)")
-        if self.epochs < 1 or self.num_workers < 1:
-            raise ValueError("epochs and num_workers must be >= 1")
+        check_fields(self)
 
     def result_dict(self) -> dict:
         """Settings that change the trained weights (the stage's settings; length/resources excluded)."""

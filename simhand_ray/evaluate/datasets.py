@@ -42,6 +42,7 @@ import pyarrow.fs as pafs
 import yaml
 
 from simhand_ray import storage
+from simhand_ray.config import FINETUNE_DATASETS
 from simhand_ray.schema import NUM_JOINTS
 
 log = logging.getLogger(__name__)
@@ -347,7 +348,7 @@ class AssemblyHands(HandDataset):
         return out
 
 
-DATASETS = {"freihand": FreiHAND, "dexycb": DexYCB, "assemblyhands": AssemblyHands}
+DATASETS = dict(zip(FINETUNE_DATASETS, (FreiHAND, DexYCB, AssemblyHands)))    # the names: config.py
 #: The split fine-tuning trains on and the split ``evaluate`` reports, per dataset (SPEC §4 protocols).
 DEFAULT_SPLITS = {"freihand": ("training", "evaluation"), "dexycb": ("train", "test"),
                   "assemblyhands": ("train", "test")}
