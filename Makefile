@@ -11,9 +11,12 @@ $(STAMP): requirements.txt scripts/setup.sh
 	scripts/setup.sh
 	touch $@
 
-# The mine job on the bundled sample data, local Ray, local disk (outputs in out/demo).
+# The demo (a few minutes on 2 cores, local Ray, outputs in out/demo): 12 synthetic hand videos whose poses
+# recur across videos, then the mine job on them and on the bundled real clip and photos with the MediaPipe
+# labeler. Look at out/demo/mine/pairs/_montage.jpg: anchor | its most similar hand from another video.
 demo: setup
-	$(PY) jobs/mine.py --input data/sample --output out/demo --every-n 10
+	$(PY) jobs/synth.py --output out/demo/synth --videos 12 --frames-per-video 60 --width 320 --height 240 --pool-size 6 --pool-prob 0.9 --two-hands-prob 0 --backgrounds data/sample/images/building.jpg --backgrounds data/sample/images/fruits.jpg --montage-videos 4
+	$(PY) jobs/mine.py --input out/demo/synth/videos --input data/sample --output out/demo/mine --every-n 5
 
 test: setup
 	$(PY) -m pytest -q

@@ -25,7 +25,7 @@ def plain_rate(rows: dict, cfg, seconds: float) -> float:
     """pairs/s of ``augment_batch`` in this process over rows in memory (batches of ``augment_batch_size``)."""
     from simhand_ray.train import augment
 
-    n, b = len(rows["row_key"]), cfg.augment_batch_size
+    n, b = len(rows["row_key"]), cfg.stream.augment_batch_size
     done, start, i = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         idx = np.arange(i, i + b) % n
@@ -44,7 +44,7 @@ def stream_rate(cfg, index, epochs: int) -> dict:
     t0 = time.perf_counter()
     ds = data.build_dataset(cfg, index, epochs)
     marks = [(0.0, 0)]
-    for batch in ds.iter_batches(batch_size=cfg.batch_size, batch_format="numpy"):   # a training batch
+    for batch in ds.iter_batches(batch_size=cfg.optim.batch_size, batch_format="numpy"):   # a training batch
         marks.append((time.perf_counter() - t0, marks[-1][1] + len(batch["view1"])))
     wall, rows = marks[-1]
     (ta, ra), (tb, rb) = (next(m for m in marks if m[1] >= f * rows) for f in (0.2, 0.8))
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--plain-seconds", type=float, default=6.0, help="length of one plain round")
     a = p.parse_args(argv)
 
-    from simhand_ray.config import AugmentConfig, PretrainConfig
+    from simhand_ray.config import AugmentConfig, PretrainConfig, sectioned
     from simhand_ray.train import data
 
     work = tempfile.mkdtemp(prefix="pretrain-stream-")
@@ -76,9 +76,9 @@ def main(argv=None) -> int:
         pairs = os.path.join(work, "pairs")
         make_pairs(pairs, n=a.rows, files=max(1, a.rows // 256), split=a.rows)
     extra = {"augment_batch_size": a.augment_batch_size} if a.augment_batch_size else {}
-    cfg = PretrainConfig(pairs=pairs, method=a.method, batch_size=256, balance_sources=False,
+    cfg = sectioned(PretrainConfig, pairs=pairs, method=a.method, batch_size=256, balance_sources=False,
                          augment=AugmentConfig(size=a.image_size), **extra)
-    index = data.index_pairs(pairs, cfg.max_unit_rows)
+    index = data.index_pairs(pairs, cfg.stream.max_unit_rows)
     rows = data.read_all(index, cfg.uses_positive, cfg.seed)
     plain, stream = [], []
     with local_ray(a.num_cpus) as ray_start:
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     best_whole = max(s["whole_round_pairs_per_s"] for s in stream)
     ratio = best_stream / (a.num_cpus * best_plain)
     figures = {"num_cpus": a.num_cpus, "pairs": index.num_rows, "image_size": a.image_size, "method": a.method,
-               "augment_batch_size": cfg.augment_batch_size, "ray_start_s": ray_start,
+               "augment_batch_size": cfg.stream.augment_batch_size, "ray_start_s": ray_start,
                "plain_pairs_per_s": plain, "stream": stream, "stream_ratio": ratio,
                "whole_round_ratio": best_whole / (a.num_cpus * best_plain)}
     print(f"N = {a.num_cpus}: one process {best_plain:.0f} pairs/s, N x that {a.num_cpus * best_plain:.0f}, "

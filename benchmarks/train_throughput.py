@@ -51,7 +51,7 @@ class PairsBatches(torch.utils.data.Dataset):
         batch = {k: v[idx] for k, v in self.rows.items()}
         batch["epoch"] = np.full(self.batch, (i * self.batch) // n)
         out = augment.augment_batch(batch, seed=self.cfg.seed, uses_positive=self.cfg.uses_positive,
-                                    cfg=self.cfg.augment, fixed_views=self.cfg.fixed_views)
+                                    cfg=self.cfg.augment, fixed_views=self.cfg.stream.fixed_views)
         return {k: torch.from_numpy(v) for k, v in out.items() if k != "epoch"}
 
 
@@ -59,7 +59,7 @@ def load_rows(cfg) -> dict:
     """Every pair row in memory, in the input layout of ``augment.augment_batch``."""
     from simhand_ray.train import data
 
-    return data.read_all(data.index_pairs(cfg.pairs, cfg.max_unit_rows), cfg.uses_positive, cfg.seed)
+    return data.read_all(data.index_pairs(cfg.pairs, cfg.stream.max_unit_rows), cfg.uses_positive, cfg.seed)
 
 
 def plain_loop(cfg, steps: int, device: torch.device) -> list[dict]:
@@ -68,8 +68,8 @@ def plain_loop(cfg, steps: int, device: torch.device) -> list[dict]:
 
     rows = load_rows(cfg)
     model, opt, sched, scaler = build_training(cfg, Plan(1, steps, 0, 1, len(rows["row_key"])), device)
-    loader = torch.utils.data.DataLoader(PairsBatches(rows, cfg.batch_size, steps, cfg), batch_size=None,
-                                         num_workers=1, prefetch_factor=cfg.prefetch_batches, persistent_workers=False)
+    loader = torch.utils.data.DataLoader(PairsBatches(rows, cfg.optim.batch_size, steps, cfg), batch_size=None,
+                                         num_workers=1, prefetch_factor=cfg.stream.prefetch_batches, persistent_workers=False)
     out, it = [], iter(loader)
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -87,7 +87,7 @@ def compute_only(cfg, steps: int, device: torch.device) -> list[dict]:
     from simhand_ray.train.loop import Plan, build_training, train_step
 
     rows = load_rows(cfg)
-    batch = PairsBatches(rows, cfg.batch_size, 1, cfg)[0]
+    batch = PairsBatches(rows, cfg.optim.batch_size, 1, cfg)[0]
     model, opt, sched, scaler = build_training(cfg, Plan(1, steps, 0, 1, len(rows["row_key"])), device)
     out = []
     for _ in range(steps):
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--use-gpu", action="store_true")
     a = p.parse_args(argv)
 
-    from simhand_ray.config import AugmentConfig, PretrainConfig
+    from simhand_ray.config import AugmentConfig, PretrainConfig, sectioned
 
     torch.set_num_threads(1)
     work = tempfile.mkdtemp(prefix="throughput-")
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
         pairs = os.path.join(work, "pairs")
         make_pairs(pairs, n=64, files=4, split=64)
-    cfg = PretrainConfig(pairs=pairs, output=os.path.join(work, "ray"), method=a.method, arch=a.arch, num_workers=1,
+    cfg = sectioned(PretrainConfig, pairs=pairs, output=os.path.join(work, "ray"), method=a.method, arch=a.arch, num_workers=1,
                          use_gpu=a.use_gpu, cpus_per_worker=1.0, batch_size=a.batch_size, max_steps=a.steps,
                          warmup_epochs=0, checkpoint_every=10 ** 9, log_every=10, balance_sources=False,
                          augment=AugmentConfig(size=a.image_size))

@@ -147,6 +147,10 @@ def init_ray(num_cpus: int | None = None) -> bool:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
+    # Ray Data's INFO lines (execution plans, where its logs are) and its note about the bars switched off
+    # above would stand between our stage lines; its warnings and errors still show
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     env_vars = storage.aws_env()
     env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
     kwargs = dict(ignore_reinit_error=True, logging_level="WARNING")

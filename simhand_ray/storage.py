@@ -286,12 +286,12 @@ def write_parquet_atomic(table: pa.Table, uri: str, metadata: dict | None = None
 
 
 def read_parquet(uri: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
-    """Read one Parquet file or every ``*.parquet`` under a directory/prefix into one table."""
+    """Read one Parquet file, or every part of a dataset folder (``list_parts``), into one table."""
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.File:
         files = [uri]
     else:
-        files = list_files(uri, (".parquet",))
+        files = list_parts(uri)
     if not files:
         if schema is None:
             raise FileNotFoundError(f"no Parquet files under {uri}")

@@ -106,7 +106,7 @@ def test_default_cli_values_build_valid_configs():
     args = mine.build_parser().parse_args(JOBS["mine"] + ["--input", "videos"])
     assert mine.label_config(args).every_n == 30 and mine.graph_config(args).index.k == 10
     pretrain = job("pretrain")
-    assert pretrain.pretrain_config(pretrain.build_parser().parse_args(JOBS["pretrain"])).batch_size == 8192
+    assert pretrain.pretrain_config(pretrain.build_parser().parse_args(JOBS["pretrain"])).optim.batch_size == 8192
     cfg, num_cpus = job("finetune").parse(JOBS["finetune"])
     assert cfg.epochs == 50 and num_cpus is None
 
@@ -173,3 +173,22 @@ def test_bounds_wording():
             str(Bounds(hi=5))] == [">= 1", "> 0", "in [0, 1]", "in (0, 1]", "<= 5"]
     assert Bounds(0, 1).error(float("nan")) == "must be in [0, 1], got nan"
     assert Bounds(0, 1).error(1) == Bounds(0, lo_open=True).error(1e-9) == ""
+
+
+HEAVY = ("torch", "mediapipe", "mmdet", "mmpose", "faiss", "av", "cv2", "pandas", "tensorflow")
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_help_imports_no_heavy_library(name):
+    """--help answers at once: nothing heavy is imported before the arguments are parsed (the libraries load
+    after parsing), read from Python's own import log."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    res = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "jobs" / f"{name}.py"), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "usage:" in res.stdout
+    top = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert not top & set(HEAVY), sorted(top & set(HEAVY))

@@ -240,3 +240,111 @@ def test_duplicate_hand_ids_are_named_with_their_files(tmp_path):
     assert "h0.parquet" in msg and "h1.parquet" in msg and table["uri"][2].as_py() in msg
     assert table["hand_id"][0].as_py() not in msg
     assert not storage.exists(storage.join(out, "graph"))          # refused before writing anything
+
+
+# --- no duplicate positives: the same video across sources, the same picture under another name ------------
+
+@pytest.fixture(scope="module")
+def copies_mined(ray_cluster, tmp_path_factory):
+    """Real pictures labeled by the real label stage (MediaPipe) from two input folders (sources dA and dB),
+    then the graph (k=3) and pairs stages: the same photo in both folders under one name (one video_id); the
+    same hand photo as a screenshot, re-encoded at quality 30 and resized to half; another photo of an open
+    hand (a similar pose, a different picture) and an identical copy of it under another name; Megamind.avi
+    beside its damaged copy Megamind_bugy.avi (every 5th frame)."""
+    import cv2
+    from conftest import real_data
+
+    from simhand_ray.config import LabelConfig
+    from simhand_ray.graph.pairs import run_pairs_stage
+    from simhand_ray.mining.label_stage import run_label_stage
+
+    root = tmp_path_factory.mktemp("copies")
+    da, db = root / "dA", root / "dB"
+    da.mkdir(), db.mkdir()
+    palm = real_data("images", "Back_Projection1_Source_Image.jpg").read_bytes()
+    (da / "palm.jpg").write_bytes(palm)
+    (db / "palm.jpg").write_bytes(palm)
+    (db / "palm_screenshot.jpg").write_bytes(real_data("images", "Back_Projection_Theory2.jpg").read_bytes())
+    img = cv2.imdecode(np.frombuffer(palm, np.uint8), cv2.IMREAD_COLOR)
+    cv2.imwrite(str(da / "palm_q30.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 30])
+    cv2.imwrite(str(db / "palm_half.png"), cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+    (da / "open_hand.jpg").write_bytes(real_data("images", "Back_Projection_Theory0.jpg").read_bytes())
+    (db / "open_hand_copy.jpg").write_bytes(real_data("images", "Histogram_Comparison_Source_0.jpg").read_bytes())
+    for name in ("Megamind.avi", "Megamind_bugy.avi"):
+        (da / name).write_bytes(real_data("videos", name).read_bytes())
+    out = str(root / "mine")
+    run_label_stage(LabelConfig(inputs=(str(da), str(db)), output=out, every_n=5), progress=False)
+    cfg = graph_config(out, k=3)
+    summary = run_graph_stage(cfg)
+    run_pairs_stage(cfg)
+    hands = storage.read_parquet(storage.join(out, "hands"),
+                                 columns=["hand_id", "source", "video_id", "frame_index", "crop_jpeg"])
+    return out, summary, hands
+
+
+def _by_name(hands: pa.Table) -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    for h, s, v in zip(*(hands[c].to_pylist() for c in ("hand_id", "source", "video_id"))):
+        names.setdefault(f"{s}/{v}", []).append(h)
+    return names
+
+
+def test_no_neighbour_is_the_same_video_or_a_near_duplicate_crop(copies_mined):
+    from simhand_ray.graph.duplicates import crop_hashes, near_duplicates
+
+    out, summary, hands = copies_mined
+    limit = IndexConfig().near_duplicate_bits
+    h = crop_hashes(hands["crop_jpeg"].to_pylist())
+    row = {hid: i for i, hid in enumerate(hands["hand_id"].to_pylist())}
+    video = hands["video_id"].to_pylist()
+    graph = storage.read_parquet(storage.join(out, "graph"), schema=GRAPH).to_pylist()
+    edges = [(row[r["hand_id"]], row[n]) for r in graph for n in r["neighbor_ids"]]
+    assert len(edges) > 50
+    for a, b in edges:
+        assert video[a] != video[b]
+        assert not near_duplicates(h.hashes[a], h.ok[a], h.hashes[b], h.ok[b], limit), (a, b)
+
+    names = _by_name(hands)
+    palms = [x for n in ("dA/palm.jpg", "dB/palm.jpg", "dB/palm_screenshot.jpg", "dA/palm_q30.jpg",
+                         "dB/palm_half.png") for x in names[n]]
+    open_hands = names["dA/open_hand.jpg"] + names["dB/open_hand_copy.jpg"]
+    assert len(palms) == 5 and len(open_hands) == 2
+    neighbours = {r["hand_id"]: r["neighbor_ids"] for r in graph}
+    for group in (palms, open_hands):           # copies of one picture: never each other's neighbours
+        for x in group:
+            assert not set(neighbours[x]) & set(group), x
+    # ... but different pictures of a similar pose still are: each palm's nearest is an open hand and back
+    for x in palms:
+        assert neighbours[x][0] in open_hands, x
+    for x in open_hands:
+        assert neighbours[x][0] in palms, x
+
+    # what was kept out, and why: the same palm.jpg from both sources is one video; copies were dropped
+    ex = summary["excluded_neighbors"]
+    assert ex["same_video_across_sources"] == 2 and ex["same_video"] >= 2
+    assert ex["near_duplicate_crop"] >= 10 and summary["hands_with_near_duplicates"] >= 7
+    assert summary["near_duplicate_bits"] == limit and summary["without_crop_hash"] == 0
+    manifest = StageManifest.read(storage.join(out, "graph"), "graph")
+    assert manifest.summary["excluded_neighbors"] == ex
+
+
+def test_a_damaged_copy_of_a_video_is_not_paired_with_its_original(copies_mined):
+    from simhand_ray.graph.duplicates import crop_hashes, hamming
+
+    out, _, hands = copies_mined
+    limit = IndexConfig().near_duplicate_bits
+    h = crop_hashes(hands["crop_jpeg"].to_pylist())
+    t = hands.to_pylist()
+    frames = {}
+    for i, r in enumerate(t):
+        if r["video_id"].startswith("Megamind"):
+            frames.setdefault((r["video_id"], r["frame_index"]), []).append(i)
+    same_frame = [(a, b) for (v, f), rows in frames.items() if v == "Megamind_bugy.avi"
+                  for a in rows for b in frames.get(("Megamind.avi", f), [])]
+    near = [(a, b) for a, b in same_frame if hamming(h.hashes[a], h.hashes[b]) <= limit]
+    assert len(same_frame) >= 15 and len(near) >= 0.7 * len(same_frame)    # most damaged frames are near-copies
+    neighbours = {r["hand_id"]: set(r["neighbor_ids"])
+                  for r in storage.read_parquet(storage.join(out, "graph"), schema=GRAPH).to_pylist()}
+    for a, b in near:
+        assert t[b]["hand_id"] not in neighbours[t[a]["hand_id"]]
+        assert t[a]["hand_id"] not in neighbours[t[b]["hand_id"]]

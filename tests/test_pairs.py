@@ -144,3 +144,50 @@ def test_mine_cli_graph_then_pairs(ray_cluster, tmp_path, caplog):
     check_pairs(out, hands, positive_rank=2)
     pairs_manifest = StageManifest.read(storage.join(out, "pairs"), "pairs")
     assert pairs_manifest.complete and pairs_manifest.record["settings"]["graph"] == graph_manifest.config_hash
+
+
+def test_no_pair_is_a_near_duplicate(ray_cluster, tmp_path):
+    """Hands whose crops are the same picture (the same JPEG, or re-encoded) in other videos, with the same
+    keypoints: without the rule they are each other's positives at distance 0; with it, never, so neither the
+    pairs nor the montage (drawn from the pairs) show one. Settings changes change the graph's hash."""
+    from builders import graph_config as cfg_of
+
+    from simhand_ray.config import IndexConfig
+    from simhand_ray.graph.duplicates import crop_hashes, near_duplicates
+
+    hands = hands_with_crops(6, 4, seed=5)
+    jpegs = hands["crop_jpeg"].to_pylist()
+    img = cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR)
+    copies = [jpegs[0], cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 40])[1].tobytes()]
+    kp = hands["keypoints"].to_pylist()
+    # rows 4 and 8 (videos 1 and 2) become copies of row 0's picture and pose
+    for row, data in zip((4, 8), copies):
+        jpegs[row], kp[row] = data, kp[0]
+    hands = hands.set_column(hands.schema.get_field_index("crop_jpeg"), "crop_jpeg", pa.array(jpegs, pa.binary())) \
+        .set_column(hands.schema.get_field_index("keypoints"), "keypoints",
+                    pa.array(kp, hands.schema.field("keypoints").type))
+    out = str(tmp_path / "mine")
+    write_hands(out, hands, files=2)
+    off = cfg_of(out, k=3, near_duplicate_bits=-1)
+    on = cfg_of(out, k=3)
+    ids = hands["hand_id"].to_pylist()
+    run_graph_stage(off)
+    graph = {r["hand_id"]: r for r in storage.read_parquet(storage.join(out, "graph"), schema=GRAPH).to_pylist()}
+    assert graph[ids[0]]["neighbor_ids"][0] in (ids[4], ids[8]) and graph[ids[0]]["distances"][0] == 0.0
+    with pytest.raises(StageMismatch, match="near_duplicate_bits: -1 -> 16"):
+        run_graph_stage(on)
+    storage.delete(storage.join(out, "graph"))
+    summary = run_graph_stage(on)
+    assert summary["excluded_neighbors"]["near_duplicate_crop"] >= 6 and summary["fewer_than_k"] == 0
+    run_pairs_stage(on)
+    pairs = check_pairs(out, hands)
+    h = crop_hashes(hands["crop_jpeg"].to_pylist())
+    row = {x: i for i, x in enumerate(ids)}
+    limit = IndexConfig().near_duplicate_bits
+    for a, p in zip(pairs["anchor_id"].to_pylist(), pairs["positive_id"].to_pylist()):
+        i, j = row[a], row[p]
+        assert not near_duplicates(h.hashes[i], h.ok[i], h.hashes[j], h.ok[j], limit), (a, p)
+    graph = {r["hand_id"]: r for r in storage.read_parquet(storage.join(out, "graph"), schema=GRAPH).to_pylist()}
+    for x in (0, 4, 8):
+        assert len(graph[ids[x]]["neighbor_ids"]) == 3
+        assert not {ids[0], ids[4], ids[8]} & set(graph[ids[x]]["neighbor_ids"])

@@ -25,7 +25,7 @@ import torchvision
 from builders import make_pairs, read_tensorboard
 from conftest import REPO
 from simhand_ray import storage
-from simhand_ray.config import AugmentConfig, PretrainConfig
+from simhand_ray.config import AugmentConfig, PretrainConfig, sectioned
 from simhand_ray.stage import MANIFEST
 from simhand_ray.train import checkpoint, data, metrics
 from simhand_ray.train.loop import Plan, build_training, train_step
@@ -106,13 +106,13 @@ def test_read_items_gives_rows_for_augment(local_pairs):
 
 
 def test_plan_run_warmup_and_totals():
-    cfg = PretrainConfig(batch_size=8, epochs=100, warmup_epochs=10)
+    cfg = sectioned(PretrainConfig, batch_size=8, epochs=100, warmup_epochs=10)
     plan = plan_run(cfg, num_rows=80)
     assert (plan.steps_per_epoch, plan.total_steps, plan.warmup_steps) == (10, 1000, 100)
-    plan = plan_run(PretrainConfig(batch_size=8, max_steps=50), num_rows=80)
+    plan = plan_run(sectioned(PretrainConfig, batch_size=8, max_steps=50), num_rows=80)
     assert (plan.total_steps, plan.warmup_steps, plan.stream_epochs) == (50, 5, 6)
     with pytest.raises(ValueError, match="fewer than one global batch"):
-        plan_run(PretrainConfig(batch_size=100), num_rows=80)
+        plan_run(sectioned(PretrainConfig, batch_size=100), num_rows=80)
 
 
 def test_stream_covers_a_run_on_a_dataset_close_to_the_global_batch(tmp_path):
@@ -121,9 +121,9 @@ def test_stream_covers_a_run_on_a_dataset_close_to_the_global_batch(tmp_path):
     make_pairs(str(tmp_path), n=14, files=1, split=13)   # 13 + 1 rows: balancing resamples heavily
     index = data.index_pairs(str(tmp_path), max_unit_rows=2048)
     w = data.source_weights(index, balance=True)
-    cfg = PretrainConfig(batch_size=8, max_steps=30)
+    cfg = sectioned(PretrainConfig, batch_size=8, max_steps=30)
     plan = plan_run(cfg, index.num_rows)
-    need = plan.total_steps * cfg.batch_size + cfg.batch_size
+    need = plan.total_steps * cfg.optim.batch_size + cfg.optim.batch_size
     for seed in range(20):
         items, epochs = data.plan_stream(index, w, seed, 2, plan.stream_epochs, 0, need)
         assert data.plan_rows(index, w, seed, items) >= need and epochs >= plan.stream_epochs
@@ -133,7 +133,7 @@ def test_stream_covers_a_run_on_a_dataset_close_to_the_global_batch(tmp_path):
     assert data.plan_rows(index, w, 0, items) >= need - 100
     from simhand_ray.train.run import IncompleteRunError, check_reached
     check_reached(cfg, plan, 30)
-    check_reached(PretrainConfig(batch_size=8, max_steps=30, stop_at_step=10), plan, 10)
+    check_reached(sectioned(PretrainConfig, batch_size=8, max_steps=30, stop_at_step=10), plan, 10)
     with pytest.raises(IncompleteRunError, match="ended at step 0 of 30"):
         check_reached(cfg, plan, 0)
 
@@ -142,10 +142,10 @@ def test_tiny_stream_on_ray_yields_every_planned_batch(ray_cluster, tmp_path):
     """The Ray Data stream of a dataset smaller than two global batches gives the rows the run needs."""
     make_pairs(str(tmp_path), n=10, files=1, split=9)
     index = data.index_pairs(str(tmp_path), max_unit_rows=2048)
-    cfg = PretrainConfig(batch_size=8, max_steps=3, augment=AugmentConfig(size=32))
+    cfg = sectioned(PretrainConfig, batch_size=8, max_steps=3, augment=AugmentConfig(size=32))
     plan = plan_run(cfg, index.num_rows)
-    ds = data.build_dataset(cfg, index, 1, 0, plan.total_steps * cfg.batch_size)   # 1 epoch planned: too few
-    batches = list(ds.iter_batches(batch_size=cfg.batch_size, drop_last=True, batch_format="numpy"))
+    ds = data.build_dataset(cfg, index, 1, 0, plan.total_steps * cfg.optim.batch_size)   # 1 epoch planned: too few
+    batches = list(ds.iter_batches(batch_size=cfg.optim.batch_size, drop_last=True, batch_format="numpy"))
     assert len(batches) >= plan.total_steps
     assert batches[0]["view1"].shape == (8, 3, 32, 32)
 
@@ -154,7 +154,7 @@ STREAM_PROBE = """
 import json, os, sys, time
 sys.path[:0] = sys.argv[3:]
 import ray
-from simhand_ray.config import AugmentConfig, PretrainConfig
+from simhand_ray.config import AugmentConfig, PretrainConfig, sectioned
 from simhand_ray.train import data
 
 real, LOG = data.augment_items, sys.argv[2]
@@ -168,7 +168,7 @@ def timed(batch, **kw):      # the stream's own task function, with its start an
 data.augment_items = timed
 ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 index = data.index_pairs(sys.argv[1], max_unit_rows=2048)
-cfg = PretrainConfig(batch_size=8, balance_sources=False, items_per_task=1, augment=AugmentConfig(size=256))
+cfg = sectioned(PretrainConfig, batch_size=8, balance_sources=False, items_per_task=1, augment=AugmentConfig(size=256))
 list(data.build_dataset(cfg, index, 1).iter_batches(batch_size=None))     # starts the workers
 open(sys.argv[2], "w").close()
 rows = sum(len(b["view1"]) for b in data.build_dataset(cfg, index, 6).iter_batches(batch_size=None))
@@ -196,7 +196,7 @@ def test_cluster_fit_names_the_flag_to_change():
     from simhand_ray.train.resources import shortfall
 
     def cfg(**kw):
-        return PretrainConfig(batch_size=8, **kw)
+        return sectioned(PretrainConfig, batch_size=8, **kw)
 
     two = [{"CPU": 2.0}]
     why = shortfall(cfg(num_workers=2), two)           # 2 workers x 1 CPU: nothing left for the stream
@@ -232,7 +232,7 @@ def test_two_workers_on_two_cpus_end_in_seconds_naming_the_flag(ray_cluster, loc
     assert not out.exists() or not any(out.iterdir())
     t = time.monotonic()
     with pytest.raises(ClusterTooSmallError, match=r"after waiting 2 s \(--resource-wait\)"):
-        ensure_fits(PretrainConfig(batch_size=8, num_workers=2), wait_s=2)
+        ensure_fits(sectioned(PretrainConfig, batch_size=8, num_workers=2), wait_s=2)
     assert time.monotonic() - t < 30
 
 
@@ -303,7 +303,7 @@ def test_float16_loss_scaling_works_with_the_lars_wrapper():
 # --- one worker's step -------------------------------------------------------------------------------------
 def test_loss_falls_when_overfitting_a_fixed_batch(local_pairs):
     """resnet18, 8 pairs, the same views every step: the SiMHand-W loss drops well below its start."""
-    cfg = PretrainConfig(method="simhand-w", arch="resnet18", batch_size=8, base_lr=1e-3, max_steps=10,
+    cfg = sectioned(PretrainConfig, method="simhand-w", arch="resnet18", batch_size=8, base_lr=1e-3, max_steps=10,
                          warmup_epochs=0, augment=AugmentConfig(size=64))
     index = data.index_pairs(local_pairs, max_unit_rows=2048)
     w = np.ones(len(index.sources))
@@ -381,7 +381,7 @@ def test_pretrain_job_on_s3_two_workers_with_failure_and_resubmission(ray_cluste
         assert pretrain.main(args + ["--resume"]) == 0
     manifest = storage.read_json(storage.join(out, MANIFEST))
     assert manifest["status"] == "complete" and manifest["summary"]["step"] == 8
-    assert manifest["stage"] == "pretrain" and manifest["settings"]["temperature"] == 0.5
+    assert manifest["stage"] == "pretrain" and manifest["settings"]["method"]["temperature"] == 0.5
 
     restores = sorted(_restores(out), key=lambda r: r["step"])
     assert [r["step"] for r in restores] == [2, 4]      # the worker-group restart, then the re-submission

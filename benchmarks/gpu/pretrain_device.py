@@ -57,12 +57,12 @@ def step_rate(cfg, device: torch.device, steps: int, warmup: int) -> float:
     from simhand_ray.train.augment import augment_batch
     from simhand_ray.train.loop import Plan, build_training, maybe_compile, train_step
 
-    rows = data.read_all(data.index_pairs(cfg.pairs, cfg.max_unit_rows), cfg.uses_positive, cfg.seed)
-    idx = np.arange(cfg.batch_size) % len(rows["row_key"])
+    rows = data.read_all(data.index_pairs(cfg.pairs, cfg.stream.max_unit_rows), cfg.uses_positive, cfg.seed)
+    idx = np.arange(cfg.optim.batch_size) % len(rows["row_key"])
     views = augment_batch({k: v[idx] for k, v in rows.items()}, seed=0, uses_positive=cfg.uses_positive,
                           cfg=cfg.augment)
     batch = {k: torch.from_numpy(v).to(device) for k, v in views.items() if k != "epoch"}
-    model, opt, sched, scaler = build_training(cfg, Plan(1, steps + warmup, 0, 1, cfg.batch_size), device)
+    model, opt, sched, scaler = build_training(cfg, Plan(1, steps + warmup, 0, 1, cfg.optim.batch_size), device)
     model = maybe_compile(model, cfg)
     for i in range(warmup + steps):
         if i == warmup:
@@ -70,7 +70,7 @@ def step_rate(cfg, device: torch.device, steps: int, warmup: int) -> float:
             t = time.perf_counter()
         train_step(model, batch, cfg, opt, sched, scaler, device)
     sync(device)
-    return 2 * cfg.batch_size * steps / (time.perf_counter() - t)
+    return 2 * cfg.optim.batch_size * steps / (time.perf_counter() - t)
 
 
 def weights_ms(device: torch.device, rows: int, cols: int, repeats: int = 5) -> float:
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     fig = {"card": card, "torch": torch.__version__, "cpus": a.num_cpus, "arch": a.arch,
            "pairs_per_gpu": a.batch_size, "image_size": a.image_size}
 
-    from simhand_ray.config import AugmentConfig, PretrainConfig
+    from simhand_ray.config import AugmentConfig, PretrainConfig, sectioned
 
     pairs = os.path.join(a.out, "pairs")
     t = time.perf_counter()
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     fig["make_pairs_s"] = time.perf_counter() - t
     print(f"[{card}] pairs made in {fig['make_pairs_s']:.0f} s", flush=True)
 
-    base = PretrainConfig(pairs=pairs, arch=a.arch, batch_size=a.batch_size, max_steps=1, warmup_epochs=0,
+    base = sectioned(PretrainConfig, pairs=pairs, arch=a.arch, batch_size=a.batch_size, max_steps=1, warmup_epochs=0,
                           augment=AugmentConfig(size=a.image_size))
     steps, warm = (20, 5) if not a.tiny else (2, 1)
     variants = [("simhand-w", True, False), ("simhand-w", False, False), ("simclr", True, False)]
@@ -157,7 +157,8 @@ def main(argv=None) -> int:
 
         key = f"step_{method}{'' if cl else '_nchw'}{'_compiled' if comp else ''}_images_per_s"
         try:
-            fig[key] = step_rate(replace(base, method=method, channels_last=cl, compile=comp), device, steps, warm)
+            fig[key] = step_rate(replace(base, method=replace(base.method, name=method),
+                                         run=replace(base.run, channels_last=cl, compile=comp)), device, steps, warm)
             print(f"[{card}] train_step {method} channels_last={cl} compile={comp}: {fig[key]:.0f} img/s", flush=True)
         except Exception as e:  # noqa: BLE001  (compile may need a compiler this machine lacks: report it)
             fig[key] = f"failed: {type(e).__name__}: {e}"[:300]

@@ -103,9 +103,11 @@ def run_pose_eval(cfg: PoseEvalConfig) -> dict:
     if not records:
         raise ValueError(f"no samples in {cfg.dataset} split {dataset.split!r} under {cfg.data_root}")
     spec = preprocess.crop_spec(train_cfg["input_size"], train_cfg["crop_scale"], augment=False)
+    from ray.data import ActorPoolStrategy
+
     ds = records_dataset(records, spec, augment=False, shuffle=False)
     ds = ds.map_batches(PosePredictor, fn_constructor_kwargs={"model_uri": uri, "use_gpu": cfg.use_gpu},
-                        batch_size=cfg.batch_size, batch_format="numpy", concurrency=cfg.num_workers,
+                        batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.num_workers),
                         num_gpus=1 if cfg.use_gpu else 0)
     preds: dict[str, np.ndarray] = {}
     for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):

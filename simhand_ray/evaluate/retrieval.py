@@ -66,14 +66,15 @@ def _keep_hands(batch: dict[str, np.ndarray], keep: list[str]) -> dict[str, np.n
 def embed_hands(cfg: ProbeConfig, hand_ids: list[str], trunks: list[tuple[str, str]]) -> list[np.ndarray]:
     """Embeddings (N, C_i) of the given hands under each (weights, arch) trunk, rows in ``hand_ids`` order."""
     import ray
+    from ray.data import ActorPoolStrategy
 
     fs, _ = storage.resolve(cfg.hands)
-    files = [storage.resolve(f)[1] for f in storage.list_files(cfg.hands, (".parquet",))]
+    files = [storage.resolve(f)[1] for f in storage.list_parts(cfg.hands)]
     ds = ray.data.read_parquet(files, filesystem=fs, columns=["hand_id", "crop_jpeg"])
     ds = ds.map_batches(_keep_hands, fn_kwargs={"keep": hand_ids}, batch_format="numpy")
     ds = ds.map_batches(TrunkEmbedder, fn_constructor_kwargs={"trunks": trunks, "input_size": cfg.input_size,
                                                               "seed": cfg.seed, "use_gpu": cfg.use_gpu},
-                        batch_size=cfg.batch_size, batch_format="numpy", concurrency=cfg.num_workers,
+                        batch_size=cfg.batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=cfg.num_workers),
                         num_gpus=1 if cfg.use_gpu else 0)
     got: dict[str, list[np.ndarray]] = {}
     for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):

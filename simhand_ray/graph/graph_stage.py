@@ -1,17 +1,30 @@
 """The graph stage (SPEC §2): ``output/hands`` -> ``output/graph``, the K nearest hands of every hand from
 other videos, written part by part through the stage protocol (``simhand_ray.stage``) so a re-run resumes.
 
+Two rules keep a hand from being its own positive:
+
+- **the same video**: hands that share a ``video_id`` are never neighbours, whatever their ``source``. The
+  video_id is the file's path below its input folder (or a manifest's ``video_id``), so the same clip under
+  two input folders (two dumps, a re-upload) is one video; two data sets that both name a file
+  ``0001.mp4`` lose each other's hands of that name as candidates, a few candidates and never a wrong pair.
+- **the same picture**: a neighbour whose crop is a near-duplicate of the hand's own (``graph.duplicates``:
+  64-bit perceptual hashes within ``index.near_duplicate_bits`` bits) is dropped after the search, so a
+  copy under another name (a frame re-encoded or resized, a damaged copy of a video) is not a positive.
+
 ``graph/`` is one dataset of schema GRAPH with a row for every hand: ``part-*.parquet`` for the hands with
-a descriptor, in (source, video, hand_id) order, and ``excluded.parquet`` (empty neighbour lists) for those
-without one. Side files start with ``_`` so dataset readers skip them: ``_manifest.json``,
-``_excluded.json`` (why each excluded hand has no descriptor) and ``_pca.npz`` (when PCA is on).
+a descriptor, in (video_id, source, hand_id) order, and ``excluded.parquet`` (empty neighbour lists) for
+those without one. Side files start with ``_`` so dataset readers skip them: ``_manifest.json``,
+``_excluded.json`` (why each excluded hand has no descriptor) and ``_pca.npz`` (when PCA is on). The
+summary counts what was kept out of the lists and why (``excluded_neighbors``).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -21,6 +34,7 @@ import pyarrow.compute as pc
 from simhand_ray import storage
 from simhand_ray.config import GraphConfig
 from simhand_ray.graph.descriptors import Descriptors, fit_pca, hand_descriptors
+from simhand_ray.graph.duplicates import CropHashes, crop_hashes
 from simhand_ray.graph.knn import ShardedKnn, shard_bounds, video_ranges
 from simhand_ray.schema import GRAPH, HANDS, keypoints_array
 from simhand_ray.stage import StageManifest
@@ -32,10 +46,16 @@ EXCLUDED_REASONS = "_excluded.json"
 PCA = "_pca.npz"
 
 
-def _hands_fingerprint(hand_ids: pa.Array, keypoints: np.ndarray) -> str:
+#: Per-part counts of near-duplicates dropped, stamped into each part beside its config hash.
+PART_COUNTS = "near_duplicates"
+
+
+def _hands_fingerprint(hand_ids: pa.Array, keypoints: np.ndarray, crop_hash: np.ndarray, crop_ok: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update("\n".join(hand_ids.to_pylist()).encode())
     h.update(np.ascontiguousarray(keypoints, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(np.where(crop_ok, crop_hash, 0), dtype=np.uint64).tobytes())
+    h.update(np.ascontiguousarray(crop_ok).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -72,15 +92,51 @@ def duplicate_ids_message(hands_uri: str, hand_ids, show: int = 5) -> str:
             "(the same hands written twice; relabel into a fresh --output)")
 
 
-def load_sorted_hands(hands_uri: str) -> pa.Table:
-    """hand_id, source, video_id, keypoints of every hand, sorted by (source, video_id, hand_id)."""
-    columns = ["hand_id", "source", "video_id", "keypoints"]
-    parts = [storage.read_parquet(f, columns=columns, schema=HANDS) for f in storage.list_parts(hands_uri)]
-    t = pa.concat_tables(parts) if parts else HANDS.empty_table().select(columns)
+def _read_hands_file(uri: str) -> pa.Table:
+    """One hands file's hand_id, source, video_id, keypoints, and its crops' perceptual hashes (the JPEGs are
+    hashed here and let go, so the driver never holds every crop)."""
+    t = storage.read_parquet(uri, columns=["hand_id", "source", "video_id", "keypoints", "crop_jpeg"], schema=HANDS)
+    h = crop_hashes(t["crop_jpeg"].to_pylist())
+    return t.drop_columns(["crop_jpeg"]).append_column("crop_hash", pa.array(h.hashes, pa.uint64())) \
+        .append_column("crop_ok", pa.array(h.ok))
+
+
+def load_sorted_hands(hands_uri: str, threads: int | None = None) -> pa.Table:
+    """hand_id, source, video_id, keypoints, crop_hash, crop_ok of every hand, sorted by (video_id, source,
+    hand_id) so each video_id (the unit the search excludes) is one run of rows. Crops are hashed once per
+    hand as the files are read, ``threads`` files at a time (OpenCV decodes without the GIL)."""
+    files = storage.list_parts(hands_uri)
+    with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
+        parts = list(pool.map(_read_hands_file, files))
+    if parts:
+        t = pa.concat_tables(parts)
+    else:
+        t = HANDS.empty_table().select(["hand_id", "source", "video_id", "keypoints"])
+        t = t.append_column("crop_hash", pa.array([], pa.uint64())).append_column("crop_ok", pa.array([], pa.bool_()))
     if len(t) and pc.count_distinct(t["hand_id"]).as_py() != len(t):
         raise ValueError(duplicate_ids_message(hands_uri, t["hand_id"]))
-    return t.take(pc.sort_indices(t, [("source", "ascending"), ("video_id", "ascending"),
+    return t.take(pc.sort_indices(t, [("video_id", "ascending"), ("source", "ascending"),
                                       ("hand_id", "ascending")]))
+
+
+def same_video_pairs(video_ids: np.ndarray, sources: np.ndarray) -> tuple[int, int]:
+    """(ordered pairs of distinct hands that share a video_id, of those the pairs from different sources):
+    the candidates the same-video rule keeps out of the search."""
+    if len(video_ids) == 0:
+        return 0, 0
+    _, per_video = np.unique(video_ids, return_counts=True)
+    _, per_both = np.unique(np.stack([video_ids, sources], 1).astype(str), axis=0, return_counts=True)
+    same = int((per_video * (per_video - 1)).sum())
+    return same, same - int((per_both * (per_both - 1)).sum())
+
+
+def _part_counts(uri: str) -> dict:
+    """The near-duplicate counts stamped into a graph part (empty for a part without them)."""
+    import json
+
+    with storage.open_parquet(uri) as pf:
+        raw = (pf.schema_arrow.metadata or {}).get(PART_COUNTS.encode())
+    return json.loads(raw) if raw else {}
 
 
 def write_excluded(graph_uri: str, hand_ids: pa.Array, desc: Descriptors, metadata: dict) -> np.ndarray:
@@ -105,7 +161,9 @@ def run_graph_stage(cfg: GraphConfig) -> dict:
     n = len(hands)
     hand_ids = hands["hand_id"].combine_chunks()
     kp = keypoints_array(hands["keypoints"]) if n else np.zeros((0, 21, 2), np.float32)
-    settings = {**cfg.graph_result_dict(), "hands": _hands_fingerprint(hand_ids, kp)}
+    crop_hash = hands["crop_hash"].to_numpy(zero_copy_only=False).astype(np.uint64)
+    crop_ok = hands["crop_ok"].to_numpy(zero_copy_only=False).astype(bool)
+    settings = {**cfg.graph_result_dict(), "hands": _hands_fingerprint(hand_ids, kp, crop_hash, crop_ok)}
     m = StageManifest.open(graph_uri, "graph", settings, info={"config": asdict(cfg)})
     if m.complete:
         log.info("graph at %s is complete for these settings: reusing it", graph_uri)
@@ -118,8 +176,11 @@ def run_graph_stage(cfg: GraphConfig) -> dict:
         pca = fit_pca(x, idx.pca_dim, idx.pca_sample, cfg.seed)
         storage.write_bytes_atomic(storage.join(graph_uri, PCA), pca.to_bytes())
         x = pca.apply(x)
-    keys = pc.binary_join_element_wise(hands["source"], hands["video_id"], "\x1f").to_numpy(zero_copy_only=False)
-    lo, hi = video_ranges(keys[valid_rows])
+    videos = hands["video_id"].to_numpy(zero_copy_only=False)
+    lo, hi = video_ranges(videos[valid_rows])
+    crops = CropHashes(crop_hash[valid_rows], crop_ok[valid_rows])
+    same_video, same_video_across = same_video_pairs(videos[valid_rows],
+                                                     hands["source"].to_numpy(zero_copy_only=False)[valid_rows])
     excluded = write_excluded(graph_uri, hand_ids, desc, m.part_metadata())
     reasons = Counter(desc.reason[excluded].tolist())
 
@@ -130,29 +191,40 @@ def run_graph_stage(cfg: GraphConfig) -> dict:
     log.info("graph: %d hands, %d with a descriptor, %d excluded %s; %d of %d parts to compute",
              n, m_valid, len(excluded), dict(reasons), len(todo), len(parts))
     lengths = np.zeros(m_valid, np.int64)  # neighbours found per hand with a descriptor
-    for uri in set(parts) - set(todo):     # parts written before: their neighbour counts, for the summary
+    dups = Counter()                       # near-duplicates dropped, over all parts
+    for uri in set(parts) - set(todo):     # parts written before: their counts, for the summary
         a, b = parts[uri]
         done = storage.read_parquet(uri, columns=["neighbor_ids"])["neighbor_ids"]
         lengths[a:b] = pc.list_value_length(done).to_numpy(zero_copy_only=False)
+        dups.update(_part_counts(uri))
     build_s = query_s = 0.0
     workers: list[dict] = []
     if todo:
         t0 = time.perf_counter()
-        with ShardedKnn(x, lo, hi, cfg) as knn:
+        with ShardedKnn(x, lo, hi, cfg, crops=crops) as knn:
             build_s = time.perf_counter() - t0
             for i, uri in enumerate(todo):
                 a, b = parts[uri]
+                before = (knn.near_duplicates, knn.hands_with_near_duplicates)
                 ids, d2 = knn.search_all(a, b)
                 table = graph_table(hand_ids, valid_rows[a:b], np.where(ids >= 0, valid_rows[np.maximum(ids, 0)], -1),
                                     np.sqrt(d2))
                 lengths[a:b] = (ids >= 0).sum(axis=1)
-                storage.write_parquet_atomic(table, uri, m.part_metadata())
-                log.info("graph part %s written (%d hands; %d/%d)", storage.basename(uri), b - a, i + 1, len(todo))
+                counts = {"dropped": knn.near_duplicates - before[0], "hands": knn.hands_with_near_duplicates - before[1]}
+                dups.update(counts)
+                storage.write_parquet_atomic(table, uri, {**m.part_metadata(), PART_COUNTS: counts})
+                log.debug("graph part %s written (%d hands; %d/%d)", storage.basename(uri), b - a, i + 1, len(todo))
             workers = knn.worker_stats()
             query_s = time.perf_counter() - t0 - build_s
 
+    excluded_neighbors = {"same_video": same_video, "same_video_across_sources": same_video_across,
+                          "near_duplicate_crop": int(dups["dropped"])}
+    log.info("graph: kept out of the neighbour lists: %s (%d hands had a near-duplicate crop among theirs)",
+             excluded_neighbors, dups["hands"])
     summary = {
         "hands": n, "with_descriptor": m_valid, "excluded": len(excluded), "excluded_reasons": dict(reasons),
+        "excluded_neighbors": excluded_neighbors, "hands_with_near_duplicates": int(dups["hands"]),
+        "near_duplicate_bits": idx.near_duplicate_bits, "without_crop_hash": int((~crop_ok[valid_rows]).sum()),
         "k": idx.k, "index": idx.kind, "shards": len(shard_bounds(m_valid, idx.shards)),
         "dim": int(x.shape[1]) if x.ndim == 2 else 0,
         "fewer_than_k": int((lengths < idx.k).sum()), "no_neighbors": int((lengths == 0).sum()),

@@ -3,8 +3,12 @@
 The N descriptors are sorted by video and split into S contiguous id ranges; each range is indexed by
 its own Ray actor (:class:`simhand_ray.graph.index.ShardIndex`). Query batches stream from the driver to
 every shard (a few in flight, so memory is bounded by the batch size, never N x N); each shard answers
-its top-(k + margin) from other videos, with exact float64 distances, and the driver keeps the k best
-by (distance, id). With the exact (flat) index the result is the same for every S.
+its top-(k + margin) from other videos, with exact float64 distances, and the driver merges them by
+(distance, id) into the top-(k + margin). Given the hands' crop hashes, the driver then drops each query's
+near-duplicate crops (``graph.duplicates``: the same picture re-encoded, resized or damaged) and keeps the
+first k of the rest; a row left with fewer than k while its candidate list was full is searched again with
+4x the candidates, so it gets k non-duplicate neighbours whenever k exist. With the exact (flat) index the
+result is the same for every S and every margin.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from simhand_ray.config import GraphConfig, IndexConfig, from_dict
+from simhand_ray.graph.duplicates import CropHashes, drop_near_duplicates
 from simhand_ray.graph.index import ShardIndex, sort_by_distance_then_id
 from simhand_ray.process_usage import cpu_seconds, peak_rss_mb
 
@@ -88,14 +93,21 @@ class ShardedKnn:
     """S shard actors over x (N, d) float32 whose videos are the id ranges [lo[i], hi[i]).
 
     Use as a context manager (actors are killed on exit); :meth:`search_range` yields the k nearest
-    other-video hands of queries [q0, q1) in batches, in order.
+    other-video hands of queries [q0, q1) in batches, in order. With ``crops`` (the N hands' crop hashes)
+    near-duplicate crops are dropped (``cfg.index.near_duplicate_bits``); ``near_duplicates`` counts the
+    candidates dropped that would have been in a list, ``hands_with_near_duplicates`` the rows they were in.
     """
 
-    def __init__(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, cfg: GraphConfig, inflight: int = 2):
+    def __init__(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, cfg: GraphConfig, inflight: int = 2,
+                 crops: CropHashes | None = None):
         import ray
 
         self.x, self.lo, self.hi = x, lo, hi
         self.k, self.margin = cfg.index.k, cfg.index.margin
+        self.crops = crops if crops is not None and cfg.index.near_duplicate_bits >= 0 else None
+        self.max_bits = cfg.index.near_duplicate_bits
+        self.near_duplicates = 0
+        self.hands_with_near_duplicates = 0
         self.query_batch = cfg.resources.query_batch
         self.inflight = max(1, inflight)
         self.bounds = shard_bounds(len(x), cfg.index.shards)
@@ -120,7 +132,7 @@ class ShardedKnn:
             self.close()
             raise
         self.build_s = time.perf_counter() - t0
-        log.info("built %d %s shard indexes over %d descriptors in %.1fs", len(self.actors), cfg.index.kind,
+        log.debug("built %d %s shard indexes over %d descriptors in %.1fs", len(self.actors), cfg.index.kind,
                  len(x), self.build_s)
 
     def __enter__(self) -> "ShardedKnn":
@@ -169,8 +181,35 @@ class ShardedKnn:
                 pending.append((a, [h.search.remote(q, lo, hi, kk) for h in self.actors]))
             if pending:
                 a, futures = pending.popleft()
-                ids, d2 = merge_topk(ray.get(futures), self.k)
+                ids, d2 = merge_topk(ray.get(futures), kk if self.crops is not None else self.k)
+                if self.crops is not None:
+                    ids, d2 = self._without_near_duplicates(a, ids, d2, kk)
                 yield a, ids, d2
+
+    def _without_near_duplicates(self, a: int, ids: np.ndarray, d2: np.ndarray, kk: int):
+        """Drop the near-duplicate crops of queries a, a+1, ... from their merged top-kk candidates and keep k;
+        rows left short with a full list are searched again with 4x the candidates until k remain or every
+        hand outside their video has been seen."""
+        import ray
+
+        h = self.crops
+        rows = np.arange(a, a + len(ids))
+        f = drop_near_duplicates(ids, d2, h.hashes[rows], h.ok[rows], h.hashes, h.ok, self.max_bits, self.k)
+        out_ids, out_d2, dropped = f.ids, f.d2, f.dropped.copy()
+        short, c = np.flatnonzero(f.short), kk
+        while len(short) and c < len(self.x):
+            c = min(4 * c, len(self.x))
+            q_rows = rows[short]
+            q = ray.put(np.ascontiguousarray(self.x[q_rows]))
+            lo, hi = self.lo[q_rows], self.hi[q_rows]
+            more_ids, more_d2 = merge_topk(ray.get([s.search.remote(q, lo, hi, c) for s in self.actors]), c)
+            g = drop_near_duplicates(more_ids, more_d2, h.hashes[q_rows], h.ok[q_rows], h.hashes, h.ok,
+                                     self.max_bits, self.k)
+            out_ids[short], out_d2[short], dropped[short] = g.ids, g.d2, g.dropped
+            short = short[g.short]
+        self.near_duplicates += int(dropped.sum())
+        self.hands_with_near_duplicates += int((dropped > 0).sum())
+        return out_ids, out_d2
 
     def search_all(self, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
         """ids (q1 - q0, k) int64 and squared distances (q1 - q0, k) float64 of queries [q0, q1), in one array."""
@@ -181,18 +220,21 @@ class ShardedKnn:
         return ids, d2
 
 
-def knn_search(x: np.ndarray, video_keys: np.ndarray, cfg: GraphConfig) -> tuple[np.ndarray, np.ndarray, dict]:
-    """All-vs-all K nearest other-video neighbours of x (N, d), rows sorted by ``video_keys`` (N,).
+def knn_search(x: np.ndarray, video_keys: np.ndarray, cfg: GraphConfig,
+               crops: CropHashes | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """All-vs-all K nearest other-video neighbours of x (N, d), rows sorted by ``video_keys`` (N,), without
+    near-duplicate crops when ``crops`` (the rows' crop hashes) is given.
 
-    Returns ids (N, k) int64 (-1 = none), L2 distances (N, k) float32 (inf = none), and timing stats.
+    Returns ids (N, k) int64 (-1 = none), L2 distances (N, k) float32 (inf = none), and stats.
     Holds the (N, k) result in memory: the stage writes it part by part instead.
     """
     lo, hi = video_ranges(video_keys)
     t0 = time.perf_counter()
-    with ShardedKnn(x, lo, hi, cfg) as knn:
+    with ShardedKnn(x, lo, hi, cfg, crops=crops) as knn:
         t1 = time.perf_counter()
         ids, d2 = knn.search_all(0, len(x))
         t2 = time.perf_counter()
         workers = knn.worker_stats()
-    stats = {"build_s": t1 - t0, "query_s": t2 - t1, "total_s": t2 - t0, "workers": workers}
+    stats = {"build_s": t1 - t0, "query_s": t2 - t1, "total_s": t2 - t0, "workers": workers,
+             "near_duplicates": knn.near_duplicates, "hands_with_near_duplicates": knn.hands_with_near_duplicates}
     return ids, np.sqrt(d2).astype(np.float32), stats

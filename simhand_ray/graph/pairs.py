@@ -136,7 +136,7 @@ def write_pair_shards(pairs: pa.Table, shards: list[np.ndarray], hands_files: li
         written = [gather.remote(uri, s, metadata, *[refs[o] for refs in scattered])
                    for o, ((_, uri), s) in enumerate(zip(batch, slices))]
         ray.get(written)
-        log.info("pairs: %d/%d shards written", min(w + wave, len(todo)), len(todo))
+        log.debug("pairs: %d/%d shards written", min(w + wave, len(todo)), len(todo))
 
 
 # --- the pairs stage -----------------------------------------------------------------------------------

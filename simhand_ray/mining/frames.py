@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
-import av
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -49,6 +48,8 @@ class VideoInfo:
 
 def _open(uri: str):
     """Open a video with PyAV from a local path or a seekable S3 file; map failures to InputError."""
+    import av   # here, not at the top: images decode without PyAV (e.g. on a GPU node without it)
+
     try:
         src = storage.resolve(uri)[1] if not storage.is_s3(uri) else storage.open_input_file(uri)
         container = av.open(src, mode="r", metadata_errors="ignore")
@@ -68,6 +69,8 @@ def _open(uri: str):
 
 def probe_video(uri: str, scan: bool) -> VideoInfo:
     """Header facts of a video; with ``scan``, also the keyframe positions from a demux-only pass."""
+    import av
+
     with _open(uri) as c:
         s = c.streams.video[0]
         fps = float(s.average_rate or s.guessed_rate or 30)
@@ -147,6 +150,8 @@ def decode_segment(uri: str, seg: Segment, every_n: int, mode: str = "all",
 
 
 def _decode(uri: str, seg: Segment, every_n: int, mode: str, stats: DecodeStats, seek: bool):
+    import av
+
     with _open(uri) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO" if mode == "all" else "SLICE"

@@ -124,7 +124,6 @@ def _truncation(item: WorkItem, cfg: LabelConfig, decoded: int) -> dict | None:
 def process_work_item(item: WorkItem, cfg: LabelConfig, labeler: Labeler | None) -> dict:
     """Decode, label, filter, crop and commit one work item; returns its ``schema.SEGMENTS`` row + details."""
     t0 = time.time()
-    out = storage.join(cfg.output)
     rows, rejects, filtered, found = [], [], Counter(), 0
     dstats = DecodeStats()
     if item.kind == "reject":
@@ -138,6 +137,14 @@ def process_work_item(item: WorkItem, cfg: LabelConfig, labeler: Labeler | None)
                 rows.extend(hands_rows(f, ref.frame_index, frame, hands, cfg, filtered))
         if item.kind == "video" and (cut := _truncation(item, cfg, dstats.decoded)):
             rejects.append(cut)
+    return commit_item(item, cfg, rows, rejects, dstats, found, filtered, t0)
+
+
+def commit_item(item: WorkItem, cfg: LabelConfig, rows: list[dict], rejects: list[dict], dstats: DecodeStats,
+                found: int, filtered: Counter, t0: float) -> dict:
+    """Write one work item's ``hands/`` and ``rejects/`` files, then its ``segments/`` marker (each atomically);
+    returns its ``schema.SEGMENTS`` row + details (``filtered``, ``reject_reasons`` as JSON)."""
+    out = storage.join(cfg.output)
     wid = item.work_id
     meta = chunk_metadata(item)
     storage.write_parquet_atomic(pa.Table.from_pylist(rows, schema.HANDS), storage.join(out, "hands", f"{wid}.parquet"), meta)

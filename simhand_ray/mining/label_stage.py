@@ -6,7 +6,11 @@ Data flow:
   2. plan the work items (``work_items``): probe each video and split it at keyframes into segments; group
      the images not yet labeled into chunks; unreadable inputs become reject items. Gathered on the driver
      (the rows are tiny), which frees every CPU for step 3 and gives the progress bar its total;
-  3. labeler actors (``map_batches``, one work item per call) label and commit each item (``label_item``).
+  3. ``actors`` pipeline (mediapipe, groundtruth): labeler actors (``map_batches``, one work item per call)
+     decode, label and commit each item (``label_item``); ``split`` pipeline (openmmlab): decode tasks -> model
+     actors fed batches gathered across items -> crop tasks -> the driver commits each item (``label_split``).
+     Before either starts, the labelers' resources are checked against the cluster (``ensure_labelers_fit``):
+     a local Ray that cannot hold them fails at once, a joined cluster after ``resource_wait_s``.
 """
 from __future__ import annotations
 
@@ -65,8 +69,20 @@ def done_work_ids(output: str) -> set[str]:
     return {storage.basename(u)[:-len(".parquet")] for u in storage.list_parts(storage.join(output, "segments"))}
 
 
-def labeler_concurrency(cfg: LabelConfig) -> int:
-    """How many labeler actors: as asked, else as many as the cluster's GPUs (or CPUs) hold."""
+def pipeline_of(cfg: LabelConfig) -> str:
+    """``actors`` (one actor per work item: decode, label, crop, commit) or ``split`` (label_split: decoding and
+    crops in CPU tasks, the model in actors). ``auto``: split for the model labeler (openmmlab) on GPUs, whose
+    model wants batches gathered across items and more decoding than its actor's cores give; actors for
+    mediapipe and groundtruth, and for openmmlab on CPUs only (measured faster on the 2-core machine:
+    benchmarks/label_gpu.py, split 0.59-0.65x of the actor path)."""
+    if cfg.label_pipeline != "auto":
+        return cfg.label_pipeline
+    return "split" if cfg.labeler.backend == "openmmlab" and cfg.labeler.gpus_per_labeler > 0 else "actors"
+
+
+def labeler_concurrency(cfg: LabelConfig, pipeline: str = "actors") -> int:
+    """How many labeler actors: as asked, else as many as the cluster's GPUs (or CPUs) hold; the split pipeline
+    on CPUs leaves ``decode_cpus`` for its decode and crop tasks."""
     import ray
 
     if cfg.num_workers:
@@ -74,8 +90,80 @@ def labeler_concurrency(cfg: LabelConfig) -> int:
     res = ray.cluster_resources()
     lab = cfg.labeler
     if lab.gpus_per_labeler > 0:
-        return max(1, int(res.get("GPU", 0) // lab.gpus_per_labeler))
-    return max(1, int(res.get("CPU", 1) // max(lab.cpus_per_labeler, 1e-3)))
+        return max(1, int(res.get("GPU", 0) / lab.gpus_per_labeler + 1e-9))
+    cpus = res.get("CPU", 1) - (cfg.decode_cpus if pipeline == "split" else 0)
+    return max(1, int(cpus / max(lab.cpus_per_labeler, 1e-3) + 1e-9))
+
+
+class ClusterTooSmallError(RuntimeError):
+    """The cluster cannot run the labelers asked for (naming the flag to change)."""
+
+
+def _local_ray() -> bool:
+    """True when this process started the Ray it uses (nothing can join it with more resources)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "head", False))
+
+
+def shortfall(cfg: LabelConfig, n: int, pipeline: str, nodes: list[dict]) -> str | None:
+    """Why ``n`` labeler actors (+ the split pipeline's decode CPUs) cannot run on ``nodes``, or None."""
+    lab = cfg.labeler
+    gpu, cpu = lab.gpus_per_labeler, lab.cpus_per_labeler
+    fits = [nd for nd in nodes if nd.get("GPU", 0) + 1e-9 >= gpu and nd.get("CPU", 0) + 1e-9 >= cpu]
+    total_gpu = sum(nd.get("GPU", 0) for nd in nodes)
+    total_cpu = sum(nd.get("CPU", 0) for nd in nodes)
+    if not fits:
+        if gpu > 0:
+            most = max((nd.get("GPU", 0) for nd in nodes), default=0)
+            return (f"--gpus-per-labeler {gpu:g} (with --cpus-per-labeler {cpu:g}) fits no node of the cluster "
+                    f"({len(nodes)} node(s), {total_gpu:g} GPUs, at most {most:g} on one node): lower "
+                    "--gpus-per-labeler, set it to 0 to label on CPUs, or add GPU nodes")
+        return (f"--cpus-per-labeler {cpu:g} fits no node of the cluster ({len(nodes)} node(s), at most "
+                f"{max((nd.get('CPU', 0) for nd in nodes), default=0):g} CPUs on one): lower --cpus-per-labeler")
+    if gpu > 0 and n * gpu > total_gpu + 1e-9:
+        return (f"{n} labeler actors x --gpus-per-labeler {gpu:g} need {n * gpu:g} GPUs; the cluster has "
+                f"{total_gpu:g}: lower --num-workers or --gpus-per-labeler")
+    extra = cfg.decode_cpus if pipeline == "split" else 0.0
+    if n * cpu + extra > total_cpu + 1e-9:
+        what = f" + --decode-cpus {extra:g} for the decode and crop tasks" if extra else ""
+        return (f"{n} labeler actors x --cpus-per-labeler {cpu:g}{what} need {n * cpu + extra:g} CPUs; the "
+                f"cluster has {total_cpu:g}: lower --num-workers or --cpus-per-labeler"
+                + (" or --decode-cpus" if extra else ""))
+    return None
+
+
+def ensure_labelers_fit(cfg: LabelConfig, n: int, pipeline: str, wait_s: float) -> None:
+    """Return once the cluster can hold the labelers; ``ClusterTooSmallError`` naming the flag at once
+    (``wait_s`` 0: a local Ray) or after asking the autoscaler and waiting ``wait_s`` seconds."""
+    import ray
+
+    def nodes():
+        return [nd["Resources"] for nd in ray.nodes() if nd.get("Alive")]
+
+    why = shortfall(cfg, n, pipeline, nodes())
+    if why is None:
+        return
+    if wait_s <= 0:
+        raise ClusterTooSmallError(why)
+    from ray.autoscaler.sdk import request_resources
+
+    lab = cfg.labeler
+    bundle = {"CPU": lab.cpus_per_labeler, **({"GPU": lab.gpus_per_labeler} if lab.gpus_per_labeler else {})}
+    extra = [{"CPU": cfg.decode_cpus}] if pipeline == "split" else []
+    request_resources(bundles=[bundle] * n + extra)
+    log.info("label: the cluster is too small yet (%s); asked the autoscaler, waiting up to %.0f s "
+             "(--labeler-resource-wait)", why, wait_s)
+    deadline = time.monotonic() + wait_s
+    try:
+        while why is not None and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+            why = shortfall(cfg, n, pipeline, nodes())
+    finally:
+        request_resources(bundles=[])
+    if why is not None:
+        raise ClusterTooSmallError(f"after waiting {wait_s:.0f} s (--labeler-resource-wait): {why}")
 
 
 def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
@@ -107,15 +195,25 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
     reasons: Counter = Counter()
     if todo:
         lab = cfg.labeler
-        n = min(labeler_concurrency(cfg), len(todo))
-        log.info("label: %d labeler actors, each {CPU: %s, GPU: %s}%s", n, lab.cpus_per_labeler, lab.gpus_per_labeler,
-                 ", on cores of its own" if lab.pin_cores and lab.cpus_per_labeler >= 1 else "")
-        ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
-            LabelWorker, fn_constructor_kwargs={"cfg_dict": cfg_dict}, batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=n), num_cpus=lab.cpus_per_labeler,
-            num_gpus=lab.gpus_per_labeler or None)  # Ray Data retries an item whose actor died
+        pipeline = pipeline_of(cfg)
+        n = labeler_concurrency(cfg, pipeline)
+        if pipeline == "actors":
+            n = min(n, len(todo))
+        ensure_labelers_fit(cfg, n, pipeline, 0.0 if _local_ray() else cfg.resource_wait_s)
+        log.info("label: %s pipeline, %d labeler actors, each {CPU: %s, GPU: %s}%s%s", pipeline, n,
+                 lab.cpus_per_labeler, lab.gpus_per_labeler,
+                 ", on cores of its own" if lab.pin_cores and lab.cpus_per_labeler >= 1 else "",
+                 f"; decode and crop tasks {{CPU: {cfg.decode_cpus}}}" if pipeline == "split" else "")
+        if pipeline == "split":
+            from simhand_ray.mining.label_split import run_split
+            results = run_split(todo, cfg, n)
+        else:
+            results = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+                LabelWorker, fn_constructor_kwargs={"cfg_dict": cfg_dict}, batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=n), num_cpus=lab.cpus_per_labeler,
+                num_gpus=lab.gpus_per_labeler or None).iter_rows()  # Ray Data retries an item whose actor died
         bar = progress_bar(len(todo), "label", "item", progress)
-        for row in ds.iter_rows():
+        for row in results:
             for k in ("frames_decoded", "frames_kept", "hands_found", "hands_kept", "rejects"):
                 totals[k] += int(row[k])
             filtered.update(json.loads(row["filtered"]))

@@ -111,11 +111,11 @@ def index_pairs(uri: str, max_unit_rows: int) -> PairsIndex:
 
 
 def list_pair_files(uri: str) -> list[str]:
-    """One Parquet file, or every ``*.parquet`` under a directory/prefix (sorted)."""
+    """One Parquet file, or the parts of a dataset folder (``*.parquet`` not starting with ``_``), sorted."""
     fs, path = storage.resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.File:
         return [uri]
-    files = storage.list_files(uri, (".parquet",))
+    files = storage.list_parts(uri)
     if not files:
         raise FileNotFoundError(f"no Parquet pairs under {uri}")
     return files
@@ -318,14 +318,14 @@ def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start
     """
     import ray
 
-    weights = source_weights(index, cfg.balance_sources)
-    min_rows = max(0, total_samples - start_samples) + cfg.batch_size if total_samples > start_samples else 0
-    items, epochs = plan_stream(index, weights, cfg.seed, cfg.interleave, num_epochs, start_samples, min_rows)
+    weights = source_weights(index, cfg.stream.balance_sources)
+    min_rows = max(0, total_samples - start_samples) + cfg.optim.batch_size if total_samples > start_samples else 0
+    items, epochs = plan_stream(index, weights, cfg.seed, cfg.stream.interleave, num_epochs, start_samples, min_rows)
     if epochs > num_epochs:
         log.info("the pairs stream needs %d epochs (planned %d) to hold %d rows", epochs, num_epochs, min_rows)
     if not items:  # a finished run resubmitted: an item that emits nothing keeps the pipeline well-formed
         items = [WorkItem(num_epochs - 1, 0, ())]
-    blocks = min(math.ceil(len(items) / cfg.items_per_task), MAX_BLOCKS)
+    blocks = min(math.ceil(len(items) / cfg.stream.items_per_task), MAX_BLOCKS)
     if blocks == MAX_BLOCKS:
         log.info("the pairs stream holds %d items: %d per task (MAX_BLOCKS %d)", len(items),
                  math.ceil(len(items) / MAX_BLOCKS), MAX_BLOCKS)
@@ -334,6 +334,6 @@ def build_dataset(cfg: PretrainConfig, index: PairsIndex, num_epochs: int, start
     ds = ds.map_batches(augment_items, batch_size=None, batch_format="numpy",
                         fn_kwargs={"index": index, "weights": weights, "seed": cfg.seed,
                                    "uses_positive": cfg.uses_positive, "cfg": cfg.augment,
-                                   "fixed_views": cfg.fixed_views, "chunk_rows": cfg.augment_batch_size})
+                                   "fixed_views": cfg.stream.fixed_views, "chunk_rows": cfg.stream.augment_batch_size})
     ds.context.target_max_block_size = STREAM_BLOCK_BYTES     # this dataset's own copy of the context
     return ds

@@ -69,12 +69,12 @@ class IntervalTimer:
 
 def channels_last(cfg: PretrainConfig, device: torch.device) -> bool:
     """channels_last on CUDA only: cuDNN's tensor-core convolutions want it; on CPU it measured no faster."""
-    return cfg.channels_last and device.type == "cuda"
+    return cfg.run.channels_last and device.type == "cuda"
 
 
 def maybe_compile(model: torch.nn.Module, cfg: PretrainConfig) -> torch.nn.Module:
     """``--compile``: the model (DDP-wrapped or not) and SiMHand-W's distances through ``torch.compile``."""
-    if not cfg.compile:
+    if not cfg.run.compile:
         return model
     compile_distances()
     return torch.compile(model)
@@ -82,17 +82,17 @@ def maybe_compile(model: torch.nn.Module, cfg: PretrainConfig) -> torch.nn.Modul
 
 def amp_settings(cfg: PretrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
     """Mixed precision on CUDA only (CPU autocast is slower than float32 for these convolutions)."""
-    dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
-    return cfg.amp and device.type == "cuda", dtype
+    dtype = torch.bfloat16 if cfg.run.amp_dtype == "bfloat16" else torch.float16
+    return cfg.run.amp and device.type == "cuda", dtype
 
 
 def build_training(cfg: PretrainConfig, plan: Plan, device: torch.device):
     """(model on device, LARS(Adam), scheduler, GradScaler) for ``cfg``; the model is not yet DDP-wrapped."""
     torch.manual_seed(cfg.seed)
-    model = ContrastiveModel(cfg.arch, cfg.proj_hidden, cfg.proj_dim).to(device)
+    model = ContrastiveModel(cfg.method.arch, cfg.method.proj_hidden, cfg.method.proj_dim).to(device)
     if channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
-    opt, sched = build_optimizer(model, cfg.lr, cfg.weight_decay, plan.warmup_steps, plan.total_steps, eta=cfg.lars_eta)
+    opt, sched = build_optimizer(model, cfg.lr, cfg.optim.weight_decay, plan.warmup_steps, plan.total_steps, eta=cfg.optim.lars_eta)
     amp_on, dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_on and dtype == torch.float16)
     return model, opt, sched, scaler
@@ -123,7 +123,7 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: Pret
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=amp_on):
         p = model(x)
     p1, p2 = p.float().chunk(2)
-    loss, extras = contrastive_loss(cfg.method, p1, p2, batch, cfg.temperature, gather, cfg.neg_weight_min)
+    loss, extras = contrastive_loss(cfg.method.name, p1, p2, batch, cfg.method.temperature, gather, cfg.method.neg_weight_min)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if scaler.is_enabled():
@@ -201,17 +201,17 @@ def train_loop_per_worker(config: dict) -> None:
                 {"step": step, "restored_digest": restored, "saved_digest": state["digest"]})
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
     ddp_model = maybe_compile(ddp_model, cfg)
-    gather = cfg.gather_distributed and world > 1
+    gather = cfg.method.gather_distributed and world > 1
     global_batch = cfg.local_batch_size * world
     events = metrics.EventWriter(cfg.output, purge_step=step + 1 if ckpt is not None else None) if rank == 0 else None
 
     shard = ray.train.get_dataset_shard("train")
     batches = shard.iter_torch_batches(
-        batch_size=cfg.local_batch_size, drop_last=True, prefetch_batches=cfg.prefetch_batches,
+        batch_size=cfg.local_batch_size, drop_last=True, prefetch_batches=cfg.stream.prefetch_batches,
         pin_memory=device.type == "cuda",   # Ray copies pinned batches to the device in its prefetch thread
-        local_shuffle_buffer_size=cfg.shuffle_buffer or None,
-        local_shuffle_seed=(cfg.seed + 1000 * rank + step) if cfg.shuffle_buffer else None)
-    stop = min(plan.total_steps, cfg.stop_at_step) if cfg.stop_at_step else plan.total_steps
+        local_shuffle_buffer_size=cfg.stream.shuffle_buffer or None,
+        local_shuffle_seed=(cfg.seed + 1000 * rank + step) if cfg.stream.shuffle_buffer else None)
+    stop = min(plan.total_steps, cfg.run.stop_at_step) if cfg.run.stop_at_step else plan.total_steps
     timer, pending, epoch = IntervalTimer(), [], 0
     last_saved = step if ckpt is not None else -1
     it = iter(batches)
@@ -229,10 +229,10 @@ def train_loop_per_worker(config: dict) -> None:
         step += 1
         pending.append({"step": step, "epoch": epoch_t, "time": time.time(), "data_s": t1 - t0,
                         "host_s": time.perf_counter() - t1, **out})
-        if cfg.fail_at_step and step == cfg.fail_at_step and rank == 0:
+        if cfg.run.fail_at_step and step == cfg.run.fail_at_step and rank == 0:
             _inject_failure_once(cfg.output, step)
-        save_now = step % cfg.checkpoint_every == 0 or step == stop
-        if save_now or step % cfg.log_every == 0:
+        save_now = step % cfg.run.checkpoint_every == 0 or step == stop
+        if save_now or step % cfg.run.log_every == 0:
             report = _close_interval(pending, timer, device, 2 * global_batch, events)
             pending, epoch = [], report["epoch"]
             report["restored_digest"] = restored or ""

@@ -25,7 +25,7 @@ class ClusterTooSmallError(RuntimeError):
 
 def worker_bundle(cfg: PretrainConfig) -> dict[str, float]:
     """The resources of one training worker (Ray Train's ``resources_per_worker``)."""
-    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    return {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
 
 
 def place_workers(cfg: PretrainConfig, nodes: list[dict]) -> tuple[int, list[float]]:
@@ -38,10 +38,10 @@ def place_workers(cfg: PretrainConfig, nodes: list[dict]) -> tuple[int, list[flo
     gpus = [float(n.get("GPU", 0)) for n in nodes]
     placed = 0
     for i in sorted(range(len(nodes)), key=lambda i: (-gpus[i], -left[i])):
-        by_cpu = math.floor(left[i] / cfg.cpus_per_worker + 1e-9) if cfg.cpus_per_worker > 0 else cfg.num_workers
-        by_gpu = math.floor(gpus[i] + 1e-9) if cfg.use_gpu else cfg.num_workers
-        take = max(0, min(cfg.num_workers - placed, by_cpu, by_gpu))
-        left[i] -= take * cfg.cpus_per_worker
+        by_cpu = math.floor(left[i] / cfg.run.cpus_per_worker + 1e-9) if cfg.run.cpus_per_worker > 0 else cfg.run.num_workers
+        by_gpu = math.floor(gpus[i] + 1e-9) if cfg.run.use_gpu else cfg.run.num_workers
+        take = max(0, min(cfg.run.num_workers - placed, by_cpu, by_gpu))
+        left[i] -= take * cfg.run.cpus_per_worker
         placed += take
     return placed, left
 
@@ -51,17 +51,17 @@ def shortfall(cfg: PretrainConfig, nodes: list[dict]) -> str | None:
     cpus = sum(float(n.get("CPU", 0)) for n in nodes)
     gpus = sum(float(n.get("GPU", 0)) for n in nodes)
     placed, left = place_workers(cfg, nodes)
-    ask = (f"{cfg.num_workers} training worker(s) x ({cfg.cpus_per_worker:g} CPU"
-           f"{' + 1 GPU' if cfg.use_gpu else ''}) (--num-workers {cfg.num_workers}, "
-           f"--cpus-per-worker {cfg.cpus_per_worker:g}{', --use-gpu' if cfg.use_gpu else ''})")
-    if placed < cfg.num_workers:
-        if cfg.use_gpu and gpus < cfg.num_workers:
-            return (f"{ask} need {cfg.num_workers} GPU(s); the cluster has {gpus:g}: lower --num-workers, "
+    ask = (f"{cfg.run.num_workers} training worker(s) x ({cfg.run.cpus_per_worker:g} CPU"
+           f"{' + 1 GPU' if cfg.run.use_gpu else ''}) (--num-workers {cfg.run.num_workers}, "
+           f"--cpus-per-worker {cfg.run.cpus_per_worker:g}{', --use-gpu' if cfg.run.use_gpu else ''})")
+    if placed < cfg.run.num_workers:
+        if cfg.run.use_gpu and gpus < cfg.run.num_workers:
+            return (f"{ask} need {cfg.run.num_workers} GPU(s); the cluster has {gpus:g}: lower --num-workers, "
                     "drop --use-gpu, or add GPU nodes")
         return (f"{ask} do not fit on the cluster's nodes ({len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs): "
                 "lower --num-workers or --cpus-per-worker, or add nodes")
     if max(left, default=0.0) < DATA_TASK_CPUS - 1e-9:
-        spare = (cpus - DATA_TASK_CPUS) / cfg.num_workers
+        spare = (cpus - DATA_TASK_CPUS) / cfg.run.num_workers
         hint = (f"--cpus-per-worker {math.floor(spare * 4) / 4:g} or less (a worker only trains; the stream "
                 "augments) or " if spare >= 0.25 else "")
         return (f"{ask} leave no node with a whole CPU for the pairs stream's augmentation tasks "
@@ -86,7 +86,7 @@ def ensure_fits(cfg: PretrainConfig, wait_s: float) -> None:
         raise ClusterTooSmallError(why)
     from ray.autoscaler.sdk import request_resources
 
-    request_resources(bundles=[worker_bundle(cfg)] * cfg.num_workers + [{"CPU": DATA_TASK_CPUS}])
+    request_resources(bundles=[worker_bundle(cfg)] * cfg.run.num_workers + [{"CPU": DATA_TASK_CPUS}])
     log.info("the cluster is too small yet (%s); asked the autoscaler for the nodes, waiting up to %.0f s "
              "(--resource-wait)", why, wait_s)
     deadline = time.monotonic() + wait_s

@@ -46,7 +46,7 @@ class IncompleteRunError(RuntimeError):
 
 def target_step(cfg: PretrainConfig, plan: Plan) -> int:
     """The step this submission must reach: the run's total, or ``stop_at_step`` when earlier."""
-    return min(plan.total_steps, cfg.stop_at_step) if cfg.stop_at_step else plan.total_steps
+    return min(plan.total_steps, cfg.run.stop_at_step) if cfg.run.stop_at_step else plan.total_steps
 
 
 def check_reached(cfg: PretrainConfig, plan: Plan, step: int) -> None:
@@ -55,24 +55,24 @@ def check_reached(cfg: PretrainConfig, plan: Plan, step: int) -> None:
     if step < target:
         raise IncompleteRunError(
             f"training ended at step {step} of {target}: the last checkpoint in {cfg.output} is at step {step} "
-            f"({plan.num_rows} pairs, global batch {cfg.batch_size}, {plan.stream_epochs} stream epochs planned); "
+            f"({plan.num_rows} pairs, global batch {cfg.optim.batch_size}, {plan.stream_epochs} stream epochs planned); "
             "no trunk was written. See the workers' log above for why they stopped.")
 
 
 def plan_run(cfg: PretrainConfig, num_rows: int) -> Plan:
     """Steps per epoch, total steps, warm-up steps (same fraction of the run as warmup_epochs / epochs)."""
-    if num_rows < cfg.batch_size:
-        raise ValueError(f"the pairs hold {num_rows} rows, fewer than one global batch ({cfg.batch_size})")
-    per_epoch = num_rows // cfg.batch_size
-    total = cfg.max_steps or cfg.epochs * per_epoch
-    warmup = int(round(total * min(cfg.warmup_epochs, cfg.epochs) / cfg.epochs))
-    return Plan(per_epoch, total, warmup, data.stream_epochs(total, cfg.batch_size, num_rows), num_rows)
+    if num_rows < cfg.optim.batch_size:
+        raise ValueError(f"the pairs hold {num_rows} rows, fewer than one global batch ({cfg.optim.batch_size})")
+    per_epoch = num_rows // cfg.optim.batch_size
+    total = cfg.optim.max_steps or cfg.optim.epochs * per_epoch
+    warmup = int(round(total * min(cfg.optim.warmup_epochs, cfg.optim.epochs) / cfg.optim.epochs))
+    return Plan(per_epoch, total, warmup, data.stream_epochs(total, cfg.optim.batch_size, num_rows), num_rows)
 
 
 def check_resumable(cfg: PretrainConfig, previous: dict | None) -> None:
     """Refuse, before anything is written or started, an output that holds a run without ``--resume``, or one
     made with other settings (``StageMismatch``, naming the settings that differ)."""
-    if previous is not None and not cfg.resume:
+    if previous is not None and not cfg.run.resume:
         raise ValueError(f"{cfg.output} already holds a run (step {previous['step']}): pass --resume to "
                          "continue it, or choose another output")
     if StageManifest.read(cfg.output, STAGE) is not None:
@@ -80,11 +80,11 @@ def check_resumable(cfg: PretrainConfig, previous: dict | None) -> None:
 
 
 def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> dict:
-    """Train ``cfg.method`` on ``cfg.pairs`` into ``cfg.output``; returns the summary (also in ``_manifest.json``).
+    """Train ``cfg.method.name`` on ``cfg.pairs`` into ``cfg.output``; returns the summary (also in ``_manifest.json``).
 
     Everything that can refuse the run (paths, an earlier run in the output, the pairs, the cluster's size)
     is checked before the first byte is written. ``resource_wait_s``: how long an autoscaling cluster may take
-    to offer the resources (default ``cfg.resource_wait_s``; 0 for a local Ray, which cannot grow).
+    to offer the resources (default ``cfg.run.resource_wait_s``; 0 for a local Ray, which cannot grow).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -95,13 +95,13 @@ def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> d
     storage.check_writable(cfg.output)
     previous = checkpoint.read_position(cfg.output)
     check_resumable(cfg, previous)
-    index = data.index_pairs(cfg.pairs, cfg.max_unit_rows)
+    index = data.index_pairs(cfg.pairs, cfg.stream.max_unit_rows)
     plan = plan_run(cfg, index.num_rows)
-    weights = data.source_weights(index, cfg.balance_sources)
-    resources.ensure_fits(cfg, cfg.resource_wait_s if resource_wait_s is None else resource_wait_s)
-    log.info("%s on %d pairs (%s): %d steps of %d (%d/epoch, warm-up %d), %d worker(s)%s", cfg.method,
-             index.num_rows, index.source_counts(), plan.total_steps, cfg.batch_size, plan.steps_per_epoch,
-             plan.warmup_steps, cfg.num_workers, f", resuming from step {previous['step']}" if previous else "")
+    weights = data.source_weights(index, cfg.stream.balance_sources)
+    resources.ensure_fits(cfg, cfg.run.resource_wait_s if resource_wait_s is None else resource_wait_s)
+    log.info("%s on %d pairs (%s): %d steps of %d (%d/epoch, warm-up %d), %d worker(s)%s", cfg.method.name,
+             index.num_rows, index.source_counts(), plan.total_steps, cfg.optim.batch_size, plan.steps_per_epoch,
+             plan.warmup_steps, cfg.run.num_workers, f", resuming from step {previous['step']}" if previous else "")
     manifest = StageManifest.open(cfg.output, STAGE, cfg.result_dict())
     manifest.update(status="running", config=asdict(cfg), plan=asdict(plan), sources=index.source_counts(),
                     sampling_weights={s: float(w) for s, w in zip(index.sources, weights)})
@@ -110,19 +110,19 @@ def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> d
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": asdict(cfg), "plan": asdict(plan)},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
                                                resources_per_worker=resources.worker_bundle(cfg)),
         run_config=ray.train.RunConfig(
             name=checkpoint.RUN_NAME, storage_path=storage_path, storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
         datasets={"train": DatasetFactory(asdict(cfg), index, plan.stream_epochs,
-                                          plan.total_steps * cfg.batch_size)},
+                                          plan.total_steps * cfg.optim.batch_size)},
     )
     result = trainer.fit()
     rows = metrics.read_metrics(cfg.output)
     curve = metrics.plot_loss_curve(rows, storage.join(cfg.output, metrics.LOSS_CURVE),
-                                    f"{cfg.method} {cfg.arch}, global batch {cfg.batch_size}")
+                                    f"{cfg.method.name} {cfg.method.arch}, global batch {cfg.optim.batch_size}")
     final = checkpoint.read_position(cfg.output) or {}
     step = final.get("step", 0)
     done = step >= plan.total_steps

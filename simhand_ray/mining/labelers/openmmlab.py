@@ -1,7 +1,10 @@
 """OpenMMLab labeler (SPEC §1): mmdet RTMDet hand detector, then mmpose RTMPose top-down 2D hand pose.
 
 Both models are built from configs (by default the RTMDet-nano hand and RTMPose-m hand5 configs that ship
-inside the mmpose package) and filled with state dicts read from a local path or an s3:// URI. Checkpoints are
+inside the mmpose package) and filled with state dicts read from a local path, an s3:// URI or an http(s)://
+URL such as the model zoo's (``model_files``: fetched once per node into a cache). Frames go through the detector
+``batch_size`` at a time and their boxes through the pose model ``pose_batch_size`` at a time, under autocast
+to fp16 / bf16 when asked (``precision``; bf16 by default on a GPU). Checkpoints are
 loaded with ``safe_load.load_torch_file`` (``torch.load(weights_only=True)``): a checkpoint is code as well as
 data when unpickled in full, and the labeler runs on every worker of a cluster. mmengine checkpoints pickle
 numpy metadata (and, from training, a message hub); exactly those types are allowlisted, anything else is
@@ -26,10 +29,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from simhand_ray import storage
 from simhand_ray.compat import mmcv_ext
 from simhand_ray.config import LabelerConfig
 from simhand_ray.mining.labelers.base import DetectedHand, FrameRef
+from simhand_ray.mining.labelers.model_files import ModelFileMissing, local_copy
 from simhand_ray.safe_load import ModelFileError, load_torch_file, mmengine_globals
 
 logger = logging.getLogger(__name__)
@@ -55,13 +58,17 @@ def bundled_config(relpath: str) -> str:
 
 
 def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """Read a state dict (plain, or under ``'state_dict'``) from a path or s3:// URI, tensors only, on CPU.
+    """Read a state dict (plain, or under ``'state_dict'`` as mmengine saves it, beside ``meta``, ``optimizer``,
+    ``message_hub``...) from a path, an s3:// URI or an http(s):// URL (fetched once per node into
+    ``model_files``' cache), tensors only, on CPU.
 
     Loaded with ``weights_only=True`` plus mmengine's checkpoint allowlist (numpy metadata, message hub)."""
-    if not storage.exists(uri):
-        raise CheckpointError(f"checkpoint not found: {uri}")
     try:
-        obj = load_torch_file(uri, allow=mmengine_globals(), name=f"checkpoint {uri}")
+        path = local_copy(uri)
+    except ModelFileMissing as e:
+        raise CheckpointError(f"checkpoint not found: {e}") from None
+    try:
+        obj = load_torch_file(path, allow=mmengine_globals(), name=f"checkpoint {uri}")
     except ModelFileError as e:
         raise CheckpointError(str(e)) from None
     except Exception as e:
@@ -78,6 +85,31 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def resolve_precision(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype: None (fp32) for 'fp32' and for 'auto' on CPU; bf16 for 'auto' on a GPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else None
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _to_float(x):
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float(v) for v in x)
+    return x
+
+
+def _float_outputs(module: torch.nn.Module) -> None:
+    """Make ``module`` return fp32 tensors whatever precision it ran in (under autocast)."""
+    forward = module.forward
+
+    def fp32_forward(*args, **kwargs):
+        return _to_float(forward(*args, **kwargs))
+
+    module.forward = fp32_forward
 
 
 def _to_bgr(frame: np.ndarray) -> np.ndarray:
@@ -98,6 +130,7 @@ class OpenMMLabLabeler:
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self.dtype = resolve_precision(cfg.precision, self.device)
         det_sd = load_state_dict(cfg.det_checkpoint)
         pose_sd = load_state_dict(cfg.pose_checkpoint)
         with warnings.catch_warnings():  # "checkpoint is None, use COCO classes": weights are loaded below
@@ -109,6 +142,9 @@ class OpenMMLabLabeler:
         self.det.dataset_meta = {"classes": ("hand",)}
         self.det.to(self.device).eval()
         self.pose.to(self.device).eval()
+        if self.dtype is not None:   # the heads' decoders go to numpy, which has no bf16: they get fp32
+            _float_outputs(self.det.bbox_head)
+            _float_outputs(self.pose.head)
         n_kpt = self.pose.dataset_meta.get("num_keypoints")
         if n_kpt != NUM_KEYPOINTS:
             raise ValueError(f"pose config predicts {n_kpt} keypoints; the hand labeler needs {NUM_KEYPOINTS}")
@@ -121,8 +157,16 @@ class OpenMMLabLabeler:
             self._det_pipeline = Compose(det_pipeline)
         with DefaultScope.overwrite_default_scope(self._pose_scope):
             self._pose_pipeline = Compose(self.pose.cfg.test_dataloader.dataset.pipeline)
-        logger.info("openmmlab labeler on %s: det %s, pose %s", self.device, cfg.det_checkpoint,
-                    cfg.pose_checkpoint)
+        logger.info("openmmlab labeler on %s (%s): det %s, pose %s", self.device, self.dtype or "fp32",
+                    cfg.det_checkpoint, cfg.pose_checkpoint)
+
+    def _autocast(self):
+        """Autocast to the labeler's precision (a no-op context for fp32)."""
+        import contextlib
+
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype)
 
     @staticmethod
     def _load(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], uri: str) -> None:
@@ -145,7 +189,8 @@ class OpenMMLabLabeler:
         with DefaultScope.overwrite_default_scope(self._det_scope):
             batch = pseudo_collate([self._det_pipeline(dict(img=_to_bgr(f), img_id=i))
                                     for i, f in enumerate(frames)])
-            results = self.det.test_step(batch)
+            with self._autocast():
+                results = self.det.test_step(batch)
         out = []
         for frame, res in zip(frames, results):
             boxes = res.pred_instances.bboxes.float().cpu().numpy().reshape(-1, 4)
@@ -179,8 +224,13 @@ class OpenMMLabLabeler:
         kpt_scores = [np.zeros((0, NUM_KEYPOINTS), np.float32) for _ in frames]
         if not items:
             return list(zip(kpts, kpt_scores))
+        step = self.cfg.pose_batch_size or len(items)
+        results = []
         with DefaultScope.overwrite_default_scope(self._pose_scope):
-            results = self.pose.test_step(pseudo_collate([self._pose_pipeline(d) for d in items]))
+            for a in range(0, len(items), step):
+                batch = pseudo_collate([self._pose_pipeline(d) for d in items[a:a + step]])
+                with self._autocast():
+                    results.extend(self.pose.test_step(batch))
         per_frame: list[list] = [[] for _ in frames]
         for i, res in zip(owner, results):
             inst = res.pred_instances

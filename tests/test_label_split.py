@@ -1,0 +1,140 @@
+"""The split label pipeline (label_split: decode tasks -> model actors -> crop tasks -> commit on the driver)
+through real Ray with the OpenMMLab labeler on CPU (self-made weights, tests/openmmlab_weights.py): the same hands
+as the actor path for the same weights, a killed job re-run, and labelers the cluster cannot hold failing in
+bounded time naming the flag."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, hand_ids, real_data
+from simhand_ray import storage
+from simhand_ray.config import FilterConfig, LabelConfig, LabelerConfig
+
+pytest.importorskip("simhand_ray.mining.labelers.openmmlab")
+pytestmark = pytest.mark.slow
+
+NO_FILTER = FilterConfig(min_det_score=0, min_keypoint_score=0, min_box_side=0, min_keypoints_inside=0)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from openmmlab_weights import write_checkpoints
+    return write_checkpoints(str(tmp_path_factory.mktemp("weights")))
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sample")
+    shutil.copy(real_data("videos", "Megamind.avi"), d / "Megamind.avi")
+    for name in ("handSrc.jpg", "fruits.jpg"):
+        shutil.copy(real_data("images", name), d / name)
+    (d / "broken.jpg").write_bytes(b"not an image")
+    return d
+
+
+def labeler(weights, **kw) -> LabelerConfig:
+    return LabelerConfig(backend="openmmlab", det_checkpoint=weights["det"], pose_checkpoint=weights["pose_wrapped"],
+                         max_hands=2, device="cpu", **kw)
+
+
+def run(inputs, output, **kw):
+    from simhand_ray.mining.label_stage import run_label_stage
+    return run_label_stage(LabelConfig(inputs=tuple(map(str, inputs)), output=str(output), **kw), progress=False)
+
+
+def test_split_pipeline_gives_the_hands_of_the_actor_path(ray_cluster, sample_dir, weights, tmp_path):
+    common = dict(segment_frames=100, filter=NO_FILTER, labeler=labeler(weights, batch_size=4))
+    split = run([sample_dir], tmp_path / "split", label_pipeline="split", **common)
+    actors = run([sample_dir], tmp_path / "actors", label_pipeline="actors", **common)
+    ids = hand_ids(tmp_path / "split")
+    assert ids == hand_ids(tmp_path / "actors")
+    assert len(ids) == 2 * (9 + 2)                  # 2 hands in each of the 9 kept frames and the 2 images
+    for key in ("frames_kept", "frames_decoded", "hands_found", "hands_kept", "rejects", "work_items_run"):
+        assert split[key] == actors[key], key
+    assert split["rejects"] == {"unreadable_image": 1} and split["work_items_run"] == 3
+    a = pq.read_table(tmp_path / "split" / "hands").sort_by("hand_id")
+    b = pq.read_table(tmp_path / "actors" / "hands").sort_by("hand_id")
+    np.testing.assert_allclose(np.array(a["keypoints"].to_pylist()), np.array(b["keypoints"].to_pylist()), atol=1e-3)
+    np.testing.assert_allclose(np.array(a["box"].to_pylist()), np.array(b["box"].to_pylist()), atol=1e-3)
+    assert a["crop_box"].equals(b["crop_box"])
+    # item files hold their rows in frame order, as the actor path writes them
+    for part in sorted((tmp_path / "split" / "hands").glob("*.parquet")):
+        t = pq.read_table(part)
+        order = list(zip(t["uri"].to_pylist(), t["frame_index"].to_pylist(), t["hand_index"].to_pylist()))
+        other = pq.read_table(tmp_path / "actors" / "hands" / part.name)
+        assert order == list(zip(other["uri"].to_pylist(), other["frame_index"].to_pylist(),
+                                 other["hand_index"].to_pylist()))
+    rejects = storage.read_parquet(str(tmp_path / "split" / "rejects")).to_pylist()
+    assert [os.path.basename(r["uri"]) for r in rejects] == ["broken.jpg"]
+
+
+def _mine_cmd(inputs, output, weights, *extra):
+    cmd = [sys.executable, str(REPO / "jobs" / "mine.py"), "--stage", "label", "--output", str(output),
+           "--every-n", "10", "--segment-frames", "30", "--labeler", "openmmlab", "--det-checkpoint", weights["det"],
+           "--pose-checkpoint", weights["pose"], "--max-hands", "2", "--labeler-batch-size", "4",
+           "--label-pipeline", "split", *extra]
+    for i in inputs:
+        cmd += ["--input", str(i)]
+    return cmd
+
+
+def test_killed_split_job_resumes_with_the_same_hands(ray_cluster, weights, tmp_path):
+    import ray
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("Megamind.avi", "Megamind_bugy.avi"):
+        shutil.copy(real_data("videos", name), d / name)
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_mine_cmd([d], out, weights), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seg_dir = out / "segments"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (seg_dir.exists() and len(list(seg_dir.glob("*.parquet"))) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(seg_dir.glob("*.parquet")))
+    subprocess.run(_mine_cmd([d], out, weights), env=env, cwd=REPO, check=True, capture_output=True)
+    reference = tmp_path / "reference"
+    subprocess.run(_mine_cmd([d], reference, weights), env=env, cwd=REPO, check=True, capture_output=True)
+    assert hand_ids(out) == hand_ids(reference) and len(hand_ids(out)) > 0
+    n_items = len(list((reference / "segments").glob("*.parquet")))
+    assert n_items == 4 + 5
+    assert 2 <= done_at_kill < n_items, f"the kill came too late to test resuming ({done_at_kill} items done)"
+    assert len(list(seg_dir.glob("*.parquet"))) == n_items
+    a = pq.read_table(out / "hands").sort_by("hand_id")
+    b = pq.read_table(reference / "hands").sort_by("hand_id")
+    assert a["crop_box"].equals(b["crop_box"])
+    np.testing.assert_allclose(np.array(a["keypoints"].to_pylist()), np.array(b["keypoints"].to_pylist()), atol=1e-3)
+
+
+def test_gpus_the_cluster_lacks_fail_in_bounded_time_naming_the_flag(ray_cluster, sample_dir, weights, tmp_path):
+    from simhand_ray.mining.label_stage import ClusterTooSmallError
+
+    t = time.monotonic()   # a joined cluster (the session's): the autoscaler is asked, then the wait ends
+    with pytest.raises(ClusterTooSmallError, match=r"after waiting 2 s.*--gpus-per-labeler 1 .*fits no node"):
+        run([sample_dir], tmp_path / "joined", resource_wait_s=2, labeler=labeler(weights, gpus_per_labeler=1))
+    assert time.monotonic() - t < 60
+    with pytest.raises(ClusterTooSmallError, match=r"3 labeler actors x --cpus-per-labeler 1 \+ --decode-cpus 1"):
+        run([sample_dir], tmp_path / "cpus", resource_wait_s=0, num_workers=3, label_pipeline="split",
+            labeler=labeler(weights))
+
+
+def test_a_local_ray_fails_at_once_on_gpus_it_lacks(weights, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t = time.monotonic()
+    res = subprocess.run(_mine_cmd([real_data("images", "handSrc.jpg")], tmp_path / "out", weights,
+                                   "--gpus-per-labeler", "0.5", "--num-cpus", "1"),
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "--gpus-per-labeler 0.5" in res.stderr and "fits no node" in res.stderr and "after waiting" not in res.stderr
+    assert time.monotonic() - t < 120
