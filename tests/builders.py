@@ -223,3 +223,41 @@ def write_freihand(root, n_train: int = 6, versions: int = 2, n_eval: int = 4, s
         (root / f"{split}_K.json").write_text(json.dumps([k.tolist() for k in K]))
         out[split] = (np.array(xyz), np.array(K))
     return out
+
+
+# --- label stage: a job killed mid-run and run again ---------------------------------------------------------
+def kill_and_rerun(make_cmd, tmp_path, wait_s: float = 300) -> dict:
+    """Label Megamind.avi and its damaged copy with ``make_cmd(inputs, output)`` (a mine-job command line) on
+    the session's Ray: SIGKILL the job once two work items are committed, run it again over the same output,
+    and once more into a fresh reference output. -> {out, reference, done_at_kill, items}."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    import ray
+
+    from conftest import REPO, real_data
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("Megamind.avi", "Megamind_bugy.avi"):
+        shutil.copy(real_data("videos", name), d / name)
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    proc = subprocess.Popen(make_cmd([d], out), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seg_dir = out / "segments"
+    deadline = time.time() + wait_s
+    while time.time() < deadline and not (seg_dir.exists() and len(list(seg_dir.glob("*.parquet"))) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(seg_dir.glob("*.parquet")))
+    subprocess.run(make_cmd([d], out), env=env, cwd=REPO, check=True, capture_output=True)
+    subprocess.run(make_cmd([d], reference), env=env, cwd=REPO, check=True, capture_output=True)
+    items = len(list((reference / "segments").glob("*.parquet")))
+    assert 2 <= done_at_kill < items, f"the kill came too late to test resuming ({done_at_kill} items done)"
+    assert len(list(seg_dir.glob("*.parquet"))) == items
+    return {"out": out, "reference": reference, "done_at_kill": done_at_kill, "items": items}

@@ -32,12 +32,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _environ(pid: str) -> bytes:
+def process_environ(pid: int | str) -> list[bytes]:
+    """A process's environment as ``NAME=value`` byte strings (empty when it is gone or not ours to read)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read()
+            return f.read().split(b"\0")
     except OSError:
-        return b""
+        return []
 
 
 class LocalHead:
@@ -83,20 +84,20 @@ class LocalHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def marked_pids(tag: str) -> list[int]:
-    """The live processes whose environment holds ``MARKER=tag``."""
-    needle = f"{MARKER}={tag}".encode()
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and needle in _environ(p).split(b"\0")]
+def marked_pids(tag: str, marker: str = MARKER) -> list[int]:
+    """The live processes whose environment holds ``marker=tag``."""
+    needle = f"{marker}={tag}".encode()
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and needle in process_environ(p)]
 
 
-def stop_marked(tag: str) -> None:
+def stop_marked(tag: str, marker: str = MARKER) -> None:
     """SIGTERM, then SIGKILL, every process marked with ``tag``; returns once none is left (or after 7 s)."""
     for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 2)):
-        for pid in marked_pids(tag):
+        for pid in marked_pids(tag, marker):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.time() + wait
-        while marked_pids(tag) and time.time() < deadline:
+        while marked_pids(tag, marker) and time.time() < deadline:
             time.sleep(0.2)

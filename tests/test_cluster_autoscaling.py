@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, hand_ids, free_port, real_data
+from conftest import REPO, free_port, hand_ids, real_data
+from ray_head import marked_pids, process_environ, stop_marked
 from simhand_ray.config import LabelConfig
 
 pytestmark = pytest.mark.cluster
@@ -77,14 +78,6 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _environ(pid: str) -> bytes:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 class FakeCluster:
     """A fake multi-node Ray cluster driven only through subprocesses and its dashboard's HTTP API."""
 
@@ -113,19 +106,10 @@ class FakeCluster:
 
     def pids(self) -> list[int]:
         """Every live process of this cluster (found by the marker in its environment)."""
-        needle = f"{MARKER}={self.tag}".encode()
-        return [int(p) for p in os.listdir("/proc") if p.isdigit() and needle in _environ(p).split(b"\0")]
+        return marked_pids(self.tag, MARKER)
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 2)):
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + wait
-            while self.pids() and time.time() < deadline:
-                time.sleep(0.2)
+        stop_marked(self.tag, MARKER)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def api(self, path: str) -> list[dict]:
@@ -140,7 +124,7 @@ class FakeCluster:
         """The raylet process of a fake node: the provider starts it with the node id in its environment."""
         needle = f"RAY_OVERRIDE_NODE_ID_FOR_TESTING={node_id}".encode()
         for pid in self.pids():
-            env = _environ(str(pid)).split(b"\0")
+            env = process_environ(pid)
             if needle in env and Path(f"/proc/{pid}/comm").read_text().strip() == "raylet":
                 return pid
         raise LookupError(f"no raylet for node {node_id}")
@@ -246,7 +230,7 @@ def test_label_stage_scales_out_on_demand_and_back_in(fake_cluster, single_node_
     # the job logs the cluster it found (the head only: no CPU) and the shapes it asks for
     assert "Ray cluster now: 1 node(s), {CPU: 0, GPU: 0" in text
     assert "label stage requests: planning tasks {CPU: 0.5}" in text
-    assert "label: 2 labeler actors, each {CPU: 1.0, GPU: 0.0}" in text
+    assert "label: actors pipeline, 2 labeler actors, each {CPU: 1.0, GPU: 0.0}" in text
 
     nodes = fake_cluster.worker_nodes()
     assert max_concurrent(nodes, t0 * 1000) >= 2, nodes   # a node per labeler actor, launched for this job

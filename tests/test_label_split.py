@@ -4,7 +4,6 @@ as the actor path for the same weights, a killed job re-run, and labelers the cl
 bounded time naming the flag."""
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from builders import kill_and_rerun
 from conftest import REPO, hand_ids, real_data
 from simhand_ray import storage
 from simhand_ray.config import FilterConfig, LabelConfig, LabelerConfig
@@ -86,31 +86,10 @@ def _mine_cmd(inputs, output, weights, *extra):
 
 
 def test_killed_split_job_resumes_with_the_same_hands(ray_cluster, weights, tmp_path):
-    import ray
-
-    d = tmp_path / "in"
-    d.mkdir()
-    for name in ("Megamind.avi", "Megamind_bugy.avi"):
-        shutil.copy(real_data("videos", name), d / name)
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(_mine_cmd([d], out, weights), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    seg_dir = out / "segments"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (seg_dir.exists() and len(list(seg_dir.glob("*.parquet"))) >= 2):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_at_kill = len(list(seg_dir.glob("*.parquet")))
-    subprocess.run(_mine_cmd([d], out, weights), env=env, cwd=REPO, check=True, capture_output=True)
-    reference = tmp_path / "reference"
-    subprocess.run(_mine_cmd([d], reference, weights), env=env, cwd=REPO, check=True, capture_output=True)
+    run = kill_and_rerun(lambda inputs, output: _mine_cmd(inputs, output, weights), tmp_path)
+    out, reference = run["out"], run["reference"]
     assert hand_ids(out) == hand_ids(reference) and len(hand_ids(out)) > 0
-    n_items = len(list((reference / "segments").glob("*.parquet")))
-    assert n_items == 4 + 5
-    assert 2 <= done_at_kill < n_items, f"the kill came too late to test resuming ({done_at_kill} items done)"
-    assert len(list(seg_dir.glob("*.parquet"))) == n_items
+    assert run["items"] == 4 + 5
     a = pq.read_table(out / "hands").sort_by("hand_id")
     b = pq.read_table(reference / "hands").sort_by("hand_id")
     assert a["crop_box"].equals(b["crop_box"])

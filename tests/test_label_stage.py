@@ -3,7 +3,6 @@ submit, ids stable across runs with other inputs; its stage manifest against a c
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from builders import kill_and_rerun
 from conftest import REPO, hand_ids, real_data
 from simhand_ray import schema, storage
 from simhand_ray.config import LabelConfig
@@ -107,30 +107,10 @@ def _mine_cmd(inputs, output):
 
 
 def test_killed_job_resumes_with_the_same_hands(ray_cluster, tmp_path):
-    import ray
-
-    d = tmp_path / "in"
-    d.mkdir()
-    for name in ("Megamind.avi", "Megamind_bugy.avi"):
-        shutil.copy(real_data("videos", name), d / name)
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(_mine_cmd([d], out), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seg_dir = out / "segments"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (seg_dir.exists() and len(list(seg_dir.glob("*.parquet"))) >= 2):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_at_kill = len(list(seg_dir.glob("*.parquet")))
-    subprocess.run(_mine_cmd([d], out), env=env, cwd=REPO, check=True, capture_output=True)
-    reference = tmp_path / "reference"
-    subprocess.run(_mine_cmd([d], reference), env=env, cwd=REPO, check=True, capture_output=True)
+    run = kill_and_rerun(_mine_cmd, tmp_path, wait_s=240)
+    out, reference = run["out"], run["reference"]
     assert hand_ids(out) == hand_ids(reference) and len(hand_ids(out)) > 0
-    n_items = len(list((reference / "segments").glob("*.parquet")))
-    assert n_items == 4 + 5            # segments between keyframes at least 30 frames apart
-    assert 2 <= done_at_kill < n_items, f"the kill came too late to test resuming ({done_at_kill} items done)"
-    assert len(list(seg_dir.glob("*.parquet"))) == n_items
+    assert run["items"] == 4 + 5            # segments between keyframes at least 30 frames apart
     a = pq.read_table(out / "hands").sort_by("hand_id")
     b = pq.read_table(reference / "hands").sort_by("hand_id")
     assert a["keypoints"].equals(b["keypoints"]) and a["crop_jpeg"].equals(b["crop_jpeg"])

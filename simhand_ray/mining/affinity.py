@@ -44,3 +44,11 @@ def claim_cores(cpus: float, lock_dir: str = LOCK_DIR) -> frozenset[int] | None:
     cores = frozenset(c for c, _ in got)
     os.sched_setaffinity(0, cores)
     return cores
+
+
+def claim_labeler_cores(cpus_per_labeler: float, pin: bool, what: str = "labeler") -> frozenset[int] | None:
+    """A labeler actor's cores (``claim_cores``) when pinning is on and it asks for a whole CPU or more;
+    logs which it got."""
+    cores = claim_cores(cpus_per_labeler) if pin and cpus_per_labeler >= 1 else None
+    log.info("%s pid %d pinned to cores %s", what, os.getpid(), sorted(cores) if cores else "none")
+    return cores

@@ -34,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from simhand_ray.config import LabelConfig, from_dict
-from simhand_ray.mining.affinity import claim_cores
+from simhand_ray.mining.affinity import claim_labeler_cores
 from simhand_ray.mining.frames import DecodeStats
 from simhand_ray.mining.inputs import InputFile
 from simhand_ray.mining.label_item import _frames_of, _reject, _truncation, commit_item, hands_rows
@@ -96,8 +96,7 @@ class ModelLabelWorker:
 
         self.cfg = from_dict(LabelConfig, cfg_dict)
         lab = self.cfg.labeler
-        self.cores = claim_cores(lab.cpus_per_labeler) if lab.pin_cores and lab.cpus_per_labeler >= 1 else None
-        log.info("model labeler pid %d pinned to cores %s", os.getpid(), sorted(self.cores) if self.cores else "none")
+        self.cores = claim_labeler_cores(lab.cpus_per_labeler, lab.pin_cores, "model labeler")
         if not lab.gpus_per_labeler:   # on CPUs: as many model threads as CPUs asked for (a fraction: one)
             import torch
             torch.set_num_threads(max(1, int(lab.cpus_per_labeler)))

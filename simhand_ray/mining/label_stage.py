@@ -24,7 +24,7 @@ from dataclasses import asdict
 
 from simhand_ray import storage
 from simhand_ray.config import LabelConfig, from_dict
-from simhand_ray.mining.affinity import claim_cores
+from simhand_ray.mining.affinity import claim_labeler_cores
 from simhand_ray.mining.inputs import expand_inputs
 from simhand_ray.mining.label_item import process_work_item
 from simhand_ray.mining.labelers import build_labeler
@@ -46,8 +46,7 @@ class LabelWorker:
     def __init__(self, cfg_dict: dict):
         self.cfg = from_dict(LabelConfig, cfg_dict)
         lab = self.cfg.labeler
-        self.cores = claim_cores(lab.cpus_per_labeler) if lab.pin_cores and lab.cpus_per_labeler >= 1 else None
-        log.info("labeler pid %d pinned to cores %s", os.getpid(), sorted(self.cores) if self.cores else "none")
+        self.cores = claim_labeler_cores(lab.cpus_per_labeler, lab.pin_cores, "labeler")
         self.labeler = build_labeler(lab)   # after pinning: the model's threads inherit the cores
 
     def __call__(self, batch: dict) -> dict:
