@@ -127,6 +127,16 @@ def ray_cluster(s3_server):
         head.stop()
 
 
+@pytest.fixture(scope="module")
+def sample_video_dir(tmp_path_factory):
+    """A folder with the real sample clip, a real hand photo and a hand-free photo (one per test module)."""
+    d = tmp_path_factory.mktemp("sample")
+    shutil.copy(real_data("videos", "Megamind.avi"), d / "Megamind.avi")
+    for name in ("handSrc.jpg", "fruits.jpg"):
+        shutil.copy(real_data("images", name), d / name)
+    return d
+
+
 @pytest.fixture
 def sample_images(tmp_path):
     """A folder with the real hand image and two hand-free images."""

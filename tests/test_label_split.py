@@ -3,7 +3,6 @@ through real Ray with the OpenMMLab labeler on CPU (self-made weights, tests/ope
 as the actor path for the same weights, a killed job re-run, and labelers the cluster cannot hold failing in
 bounded time naming the flag."""
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -30,13 +29,10 @@ def weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sample")
-    shutil.copy(real_data("videos", "Megamind.avi"), d / "Megamind.avi")
-    for name in ("handSrc.jpg", "fruits.jpg"):
-        shutil.copy(real_data("images", name), d / name)
-    (d / "broken.jpg").write_bytes(b"not an image")
-    return d
+def sample_dir(sample_video_dir):
+    """The sample video and photos, plus an image that does not decode."""
+    (sample_video_dir / "broken.jpg").write_bytes(b"not an image")
+    return sample_video_dir
 
 
 def labeler(weights, **kw) -> LabelerConfig:

@@ -26,23 +26,16 @@ def run_stage(inputs, output, **kw):
     return run_label_stage(LabelConfig(inputs=tuple(map(str, inputs)), output=str(output), **kw), progress=False)
 
 
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sample")
-    shutil.copy(real_data("videos", "Megamind.avi"), d / "Megamind.avi")
-    for name in ("handSrc.jpg", "fruits.jpg"):
-        shutil.copy(real_data("images", name), d / name)
-    return d
 
 
-def test_local_and_s3_outputs_hold_the_same_hands(ray_cluster, sample_dir, tmp_path, s3_bucket, monkeypatch):
+def test_local_and_s3_outputs_hold_the_same_hands(ray_cluster, sample_video_dir, tmp_path, s3_bucket, monkeypatch):
     """Local output with videos planned in driver threads; S3 output with them planned in Ray tasks (as
     for a large input): the same hands."""
     from simhand_ray.mining import work_items
 
-    local = run_stage([sample_dir], tmp_path / "out", segment_frames=100)
+    local = run_stage([sample_video_dir], tmp_path / "out", segment_frames=100)
     monkeypatch.setattr(work_items, "INLINE_PLAN_MAX_VIDEOS", 0)
-    remote = run_stage([sample_dir], f"{s3_bucket}/out", segment_frames=100)
+    remote = run_stage([sample_video_dir], f"{s3_bucket}/out", segment_frames=100)
     monkeypatch.undo()
     ids = hand_ids(tmp_path / "out")
     assert ids == hand_ids(f"{s3_bucket}/out")
@@ -60,11 +53,11 @@ def test_local_and_s3_outputs_hold_the_same_hands(ray_cluster, sample_dir, tmp_p
     assert manifest.record["settings"]["config"]["filter"]["min_det_score"] == 0.5   # thresholds recorded
     assert manifest.summary["work_items_run"] == 3
     # a re-run over a finished output does nothing and changes nothing
-    again = run_stage([sample_dir], tmp_path / "out", segment_frames=100)
+    again = run_stage([sample_video_dir], tmp_path / "out", segment_frames=100)
     assert again["work_items_run"] == 0 and hand_ids(tmp_path / "out") == ids
     # other settings into the same output: refused
     with pytest.raises(StageMismatch, match="other settings.*every_n: 30 -> 10"):
-        run_stage([sample_dir], tmp_path / "out", segment_frames=100, every_n=10)
+        run_stage([sample_video_dir], tmp_path / "out", segment_frames=100, every_n=10)
 
 
 def test_bad_inputs_go_to_rejects_and_the_rest_is_labeled(ray_cluster, tmp_path):
