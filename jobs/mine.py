@@ -80,8 +80,7 @@ def main(argv=None) -> int:
         gcfg = graph_config(a)
     except ValueError as e:
         p.error(str(e))
-    init_ray(a.num_cpus)
-    if cfg is not None:
+    if init_ray(a.num_cpus) and cfg is not None:    # joined to a cluster, which may autoscale to fit them
         log_label_requests(cfg)
     summaries = {}
     if a.stage in ("label", "all"):

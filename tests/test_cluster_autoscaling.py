@@ -230,7 +230,7 @@ def test_label_stage_scales_out_on_demand_and_back_in(fake_cluster, single_node_
     # the job logs the cluster it found (the head only: no CPU) and the shapes it asks for
     assert "Ray cluster now: 1 node(s), {CPU: 0, GPU: 0" in text
     assert "label stage requests: planning tasks {CPU: 0.5}" in text
-    assert "label: actors pipeline, 2 labeler actors, each {CPU: 1.0, GPU: 0.0}" in text
+    assert "; actors pipeline, 2 labeler actors, each {CPU: 1.0, GPU: 0.0}" in text
 
     nodes = fake_cluster.worker_nodes()
     assert max_concurrent(nodes, t0 * 1000) >= 2, nodes   # a node per labeler actor, launched for this job

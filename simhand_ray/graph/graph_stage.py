@@ -188,8 +188,8 @@ def run_graph_stage(cfg: GraphConfig) -> dict:
     parts = {storage.join(graph_uri, f"part-{p:05d}.parquet"): (a, min(m_valid, a + idx.rows_per_part))
              for p, a in enumerate(range(0, m_valid, idx.rows_per_part))}
     todo = m.pending(parts)
-    log.info("graph: %d hands, %d with a descriptor, %d excluded %s; %d of %d parts to compute",
-             n, m_valid, len(excluded), dict(reasons), len(todo), len(parts))
+    log.debug("graph: %d hands, %d with a descriptor, %d excluded %s; %d of %d parts to compute",
+              n, m_valid, len(excluded), dict(reasons), len(todo), len(parts))
     lengths = np.zeros(m_valid, np.int64)  # neighbours found per hand with a descriptor
     dups = Counter()                       # near-duplicates dropped, over all parts
     for uri in set(parts) - set(todo):     # parts written before: their counts, for the summary
@@ -219,8 +219,10 @@ def run_graph_stage(cfg: GraphConfig) -> dict:
 
     excluded_neighbors = {"same_video": same_video, "same_video_across_sources": same_video_across,
                           "near_duplicate_crop": int(dups["dropped"])}
-    log.info("graph: kept out of the neighbour lists: %s (%d hands had a near-duplicate crop among theirs)",
-             excluded_neighbors, dups["hands"])
+    log.info("graph: %d hands (%d without a descriptor%s), %d of %d parts computed; kept out of the neighbour "
+             "lists: %d of the same video, %d near-duplicate crops", n, len(excluded),
+             f": {dict(reasons)}" if reasons else "", len(todo), len(parts),
+             same_video + same_video_across, dups["dropped"])
     summary = {
         "hands": n, "with_descriptor": m_valid, "excluded": len(excluded), "excluded_reasons": dict(reasons),
         "excluded_neighbors": excluded_neighbors, "hands_with_near_duplicates": int(dups["hands"]),

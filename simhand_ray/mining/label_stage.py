@@ -177,7 +177,6 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
         manifest.update(status="running")
     videos = [f for f in files if f.kind == "video"]
     images = [f for f in files if f.kind == "image"]
-    log.info("label: %d videos, %d images from %d inputs -> %s", len(videos), len(images), len(cfg.inputs), cfg.output)
 
     cfg_dict = asdict(cfg)
     done = done_work_ids(cfg.output)
@@ -187,7 +186,10 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
     items = [{"work_id": it.work_id, "payload": it.to_json()} for it in planned]
     todo = [it for it in items if it["work_id"] not in done]
     skipped = len(items) - len(todo) + sum(w.startswith("img-") for w in done)   # done image chunks aren't replanned
-    log.info("label: %d work items, %d already done, %d to run", len(todo) + skipped, skipped, len(todo))
+    what = (f"label: {len(videos)} videos, {len(images)} images from {len(cfg.inputs)} inputs -> {cfg.output}: "
+            f"{len(todo) + skipped} work items, {skipped} done before")
+    if not todo:
+        log.info("%s, none to run", what)
 
     totals: Counter = Counter()
     filtered: Counter = Counter()
@@ -199,7 +201,7 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
         if pipeline == "actors":
             n = min(n, len(todo))
         ensure_labelers_fit(cfg, n, pipeline, 0.0 if _local_ray() else cfg.resource_wait_s)
-        log.info("label: %s pipeline, %d labeler actors, each {CPU: %s, GPU: %s}%s%s", pipeline, n,
+        log.info("%s; %s pipeline, %d labeler actors, each {CPU: %s, GPU: %s}%s%s", what, pipeline, n,
                  lab.cpus_per_labeler, lab.gpus_per_labeler,
                  ", on cores of its own" if lab.pin_cores and lab.cpus_per_labeler >= 1 else "",
                  f"; decode and crop tasks {{CPU: {cfg.decode_cpus}}}" if pipeline == "split" else "")

@@ -171,5 +171,5 @@ def plan_all_videos(videos: list[InputFile], cfg: LabelConfig) -> list[WorkItem]
         parts = ray.get([plan.remote(c, asdict(cfg)) for c in chunks])
         where = f"{len(chunks)} Ray tasks"
     if videos:
-        log.info("label: planned %d videos in %.1f s (%s)", len(videos), time.time() - t0, where)
+        log.debug("label: planned %d videos in %.1f s (%s)", len(videos), time.time() - t0, where)
     return [it for part in parts for it in part]
