@@ -53,8 +53,14 @@ def test_make_demo_and_the_readme_next_steps_run_as_written(tmp_path):
     out = str(tmp_path / "demo")
     recipe, steps = demo_recipe(), readme_next()
     assert len(recipe) == 2 and len(steps) == 3
-    for command in recipe:
-        run(command, out)
+    logs = [run(command, out) for command in recipe]
+    mine_log = logs[1].stdout + logs[1].stderr          # a normal run, output not a terminal
+    for redraw in ("\r", "\x1b[A", "\x1b[K", "\x1b[2K"):        # progress-bar redraws, cursor up, erase line
+        assert redraw not in mine_log, repr(redraw)
+    for noise in ("Execution plan", "Starting execution", "Progress bars disabled", "XNNPACK", "InitGoogle",
+                  "NORM_RECT", "swigfaiss", "deprecated"):
+        assert noise not in mine_log, noise
+    assert mine_log.count("simhand.mine: summary:") == 1 and "label summary" not in mine_log
 
     mine = os.path.join(out, "mine")
     assert os.path.exists(os.path.join(mine, "pairs", "_montage.jpg"))
