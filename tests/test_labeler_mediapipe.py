@@ -53,45 +53,44 @@ def test_mirrored_left_hand_crop_keypoints_land_where_the_labels_put_them(labele
     assert np.linalg.norm(relabeled.keypoints - unmirrored, axis=1).mean() > 3 * err
 
 
-def test_a_process_that_exits_with_a_labeler_open_prints_no_trace():
-    """A labeler actor (or script) that never closes its labeler: exit is quiet, not a MediaPipe traceback."""
-    import os
+def run_script(src: str):
+    """``python -c src`` from the repo root (a fresh process: what MediaPipe prints at start and exit shows);
+    asserts it exits 0 and returns the finished process."""
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    src = ("import numpy as np\n"
-           "from simhand_ray.config import LabelerConfig\n"
-           "from simhand_ray.mining.labelers import build_labeler\n"
-           "lab = build_labeler(LabelerConfig())\n"
-           "print(len(lab.label([np.zeros((64, 64, 3), np.uint8)])))\n")
-    r = subprocess.run([sys.executable, "-c", src], cwd=repo, capture_output=True, text=True, timeout=120)
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, "-c", src], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_a_process_that_exits_with_a_labeler_open_prints_no_trace():
+    """A labeler actor (or script) that never closes its labeler: exit is quiet, not a MediaPipe traceback."""
+    r = run_script("import numpy as np\n"
+                   "from simhand_ray.config import LabelerConfig\n"
+                   "from simhand_ray.mining.labelers import build_labeler\n"
+                   "lab = build_labeler(LabelerConfig())\n"
+                   "print(len(lab.label([np.zeros((64, 64, 3), np.uint8)])))\n")
     assert r.stdout.strip() == "1"
     assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_mediapipe_start_up_chatter_is_dropped_and_other_native_lines_pass(tmp_path):
+def test_mediapipe_start_up_chatter_is_dropped_and_other_native_lines_pass():
     """A labeler that loads and finds a hand in a non-square frame prints none of MediaPipe's start-up lines;
     a line native code writes to stderr inside the filter that is not one of them still gets through."""
-    import os
-    import subprocess
-    import sys
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    src = ("import os, numpy as np\n"
-           "from simhand_ray.config import LabelerConfig\n"
-           "from simhand_ray.mining.frames import read_image\n"
-           "from simhand_ray.mining.labelers import build_labeler\n"
-           "from simhand_ray.mining.labelers.mediapipe import native_stderr_filtered\n"
-           f"img = read_image({str(real_data('images', 'handSrc.jpg'))!r})\n"
-           "wide = np.zeros((img.shape[0], img.shape[1] * 2, 3), np.uint8); wide[:, :img.shape[1]] = img\n"
-           "lab = build_labeler(LabelerConfig())\n"
-           "print(len(lab.label([wide])[0]))\n"
-           "with native_stderr_filtered():\n"
-           "    os.write(2, b'E0000 something a user must see\\n')\n")
-    r = subprocess.run([sys.executable, "-c", src], cwd=repo, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    r = run_script("import os, numpy as np\n"
+                   "from simhand_ray.config import LabelerConfig\n"
+                   "from simhand_ray.mining.frames import read_image\n"
+                   "from simhand_ray.mining.labelers import build_labeler\n"
+                   "from simhand_ray.mining.labelers.mediapipe import native_stderr_filtered\n"
+                   f"img = read_image({str(real_data('images', 'handSrc.jpg'))!r})\n"
+                   "wide = np.zeros((img.shape[0], img.shape[1] * 2, 3), np.uint8); wide[:, :img.shape[1]] = img\n"
+                   "lab = build_labeler(LabelerConfig())\n"
+                   "print(len(lab.label([wide])[0]))\n"
+                   "with native_stderr_filtered():\n"
+                   "    os.write(2, b'E0000 something a user must see\\n')\n")
     assert r.stdout.strip() == "1"
     for chatter in ("XNNPACK", "InitGoogle", "Feedback manager", "NORM_RECT"):
         assert chatter not in r.stderr, r.stderr

