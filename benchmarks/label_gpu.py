@@ -9,7 +9,8 @@ the split pipeline (decode tasks -> model actors fed batches across items -> cro
    the kept frames/s the node's CPUs can feed any labeler at most;
 2. the label stage (``run_label_stage``, local Ray of all CPUs) with the OpenMMLab labeler (RTMDet-nano +
    RTMPose-m from mmpose's configs, self-made weights: tests/openmmlab_weights.py, a detector that fires on every
-   frame, 2 hands kept), ``--label-pipeline split`` and ``actors``, the fastest of ``--repeats`` rounds each.
+   frame, 2 hands kept), ``--label-pipeline split`` and ``actors``, the fastest of ``--repeats`` rounds each;
+   the rounds alternate which path runs first (the first run on a fresh Ray pays its workers' start-up).
 
 On CPUs only, the split run gives its labeler actors ``--split-cpus-per-labeler`` (0.75) and its decode and crop
 tasks ``--decode-cpus`` (0.5), so that on 2 cores two model actors run beside the decode tasks, as the actor
@@ -83,7 +84,7 @@ def main() -> None:
     p = bench_parser(__doc__)
     p.add_argument("--copies", type=int, default=4, help="copies of the two sample videos")
     p.add_argument("--every-n", type=int, default=15)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--gpus-per-labeler", type=float, default=0.0)
     p.add_argument("--cpus-per-labeler", type=float, default=1.0)
@@ -106,7 +107,7 @@ def main() -> None:
                    "gpus_per_labeler": a.gpus_per_labeler, "runs": {}}
         with local_ray(num_cpus=cpus):
             for r in range(a.repeats):
-                for path in a.paths:
+                for path in a.paths if r % 2 == 0 else a.paths[::-1]:   # alternate which runs on a cold Ray
                     res = label_rate(os.path.join(root, "videos"), os.path.join(root, f"out_{path}_{r}"), path, a, weights)
                     figures["runs"].setdefault(path, []).append(res)
                     print(f"round {r} {path}: {res['frames_per_s']:.2f} frames/s ({res['frames']} frames, "

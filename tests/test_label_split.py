@@ -1,7 +1,8 @@
-"""The split label pipeline (label_split: decode tasks -> model actors -> crop tasks -> commit on the driver)
-through real Ray with the OpenMMLab labeler on CPU (self-made weights, tests/openmmlab_weights.py): the same hands
-as the actor path for the same weights, a killed job re-run, and labelers the cluster cannot hold failing in
+"""The split label pipeline (label_split: decode tasks -> model actors [-> crop tasks beside GPU labelers] ->
+commit on the driver) through real Ray with the OpenMMLab labeler on CPU (self-made weights,
+tests/openmmlab_weights.py): the same hands as the actor path for the same weights, CPU-shaped and GPU-shaped, a killed job re-run, and labelers the cluster cannot hold failing in
 bounded time naming the flag."""
+import json
 import os
 import subprocess
 import sys
@@ -45,12 +46,51 @@ def run(inputs, output, **kw):
     return run_label_stage(LabelConfig(inputs=tuple(map(str, inputs)), output=str(output), **kw), progress=False)
 
 
+GPU_SHAPED_RUN = """
+import json, logging, sys
+import ray
+from simhand_ray.config import LabelConfig, LabelerConfig, FilterConfig
+from simhand_ray.mining.label_stage import run_label_stage
+logging.basicConfig(level=logging.INFO)
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+inputs, output, det, pose = sys.argv[1:5]
+lab = LabelerConfig(backend="openmmlab", det_checkpoint=det, pose_checkpoint=pose, max_hands=2, device="cpu",
+                    batch_size=4, gpus_per_labeler=0.5, cpus_per_labeler=0.5)
+no_filter = FilterConfig(min_det_score=0, min_keypoint_score=0, min_box_side=0, min_keypoints_inside=0)
+s = run_label_stage(LabelConfig(inputs=(inputs,), output=output, segment_frames=100, filter=no_filter, labeler=lab,
+                                decode_cpus=0.5), progress=False)
+print("SUMMARY " + json.dumps(s))
+"""
+
+
+def test_crops_run_in_cpu_tasks_only_beside_gpu_labelers(ray_cluster, weights):
+    from simhand_ray.mining.label_split import split_dataset
+
+    def plan(gpus):
+        cfg = LabelConfig(inputs=("x",), output="unused", labeler=labeler(weights, gpus_per_labeler=gpus))
+        return repr(split_dataset([{"work_id": "w", "payload": "{}"}], cfg, 1))   # lazy: nothing runs
+
+    assert "crop_frames" not in plan(0) and "ModelLabelWorker" in plan(0)
+    assert "MapBatches(crop_frames)\n+- MapBatches(ModelLabelWorker)" in plan(0.5)
+
+
 def test_split_pipeline_gives_the_hands_of_the_actor_path(ray_cluster, sample_dir, weights, tmp_path):
     common = dict(segment_frames=100, filter=NO_FILTER, labeler=labeler(weights, batch_size=4))
     split = run([sample_dir], tmp_path / "split", label_pipeline="split", **common)
     actors = run([sample_dir], tmp_path / "actors", label_pipeline="actors", **common)
     ids = hand_ids(tmp_path / "split")
     assert ids == hand_ids(tmp_path / "actors")
+    # GPU-shaped: two labelers sharing a (logical) GPU, the model on CPU, crops in CPU tasks; a Ray of its own
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run([sys.executable, "-c", GPU_SHAPED_RUN, str(sample_dir), str(tmp_path / "gpu"),
+                          weights["det"], weights["pose_wrapped"]], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "split pipeline, 2 labeler actors, each {CPU: 0.5, GPU: 0.5}" in res.stderr, res.stderr[-3000:]
+    gpu = json.loads(res.stdout.split("SUMMARY ", 1)[1])
+    assert hand_ids(tmp_path / "gpu") == ids
+    for key in ("frames_kept", "hands_kept", "rejects"):
+        assert gpu[key] == actors[key], key
     assert len(ids) == 2 * (9 + 2)                  # 2 hands in each of the 9 kept frames and the 2 images
     for key in ("frames_kept", "frames_decoded", "hands_found", "hands_kept", "rejects", "work_items_run"):
         assert split[key] == actors[key], key

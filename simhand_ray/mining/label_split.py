@@ -10,7 +10,10 @@ One Ray Data pipeline of three operators, then the commit on the driver:
      ``batch_size`` rows gathered across work items go through the detector + pose model at once; ``end`` rows
      pass through;
   3. ``crop_frames`` (CPU tasks): the quality filter, crops and JPEG encoding of each frame's hands (the same
-     ``label_item.hands_rows`` as the actor path) -> small rows without the frame;
+     ``label_item.hands_rows`` as the actor path) -> small rows without the frame. A labeler on CPUs crops in
+     its own process instead: there a crop is ~1% of a frame's model time, and crop tasks a few seconds apart
+     each started a fresh Ray worker (Ray ends idle workers beyond one per CPU after a second), ~1.5 CPU-s
+     per start: the split pipeline on 2 cores ran 15% slower per frame than the actor path with them;
   4. the driver (``ItemAssembler``) gathers each item's rows by ``work_id`` in any order, and once all its
      frames and its ``end`` row are in, commits the item (``label_item.commit_item``, in a writer thread): its
      ``hands/`` and ``rejects/`` files, then its ``segments/`` marker.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import time
@@ -91,8 +95,12 @@ class ModelLabelWorker:
 
         self.cfg = from_dict(LabelConfig, cfg_dict)
         lab = self.cfg.labeler
-        self.cores = claim_labeler_cores(lab.cpus_per_labeler, lab.pin_cores, "model labeler")
-        if not lab.gpus_per_labeler:   # on CPUs: as many model threads as CPUs asked for (a fraction: one)
+        self.on_cpus = not lab.gpus_per_labeler
+        # On CPUs the model is the node's work: a core of its own (when one is free) even for a fraction of a
+        # CPU asked (the decode tasks take the rest), as many model threads as whole CPUs asked (at least one).
+        cores = math.ceil(lab.cpus_per_labeler) if self.on_cpus else lab.cpus_per_labeler
+        self.cores = claim_labeler_cores(cores, lab.pin_cores, "model labeler")
+        if self.on_cpus:
             import torch
             torch.set_num_threads(max(1, int(lab.cpus_per_labeler)))
         self.labeler = build_labeler(lab)
@@ -112,13 +120,17 @@ class ModelLabelWorker:
                 hands[i] = pickle.dumps(h, protocol=pickle.HIGHEST_PROTOCOL)
         out = {k: list(batch[k]) for k in COLUMNS if k != "hands"}
         out["hands"] = hands
-        return out
+        return crop_rows(out, self.cfg) if self.on_cpus else out
 
 
 def crop_frames(batch: dict, cfg_dict: dict) -> dict:
-    """Ray Data task: each frame row's hands filtered, cropped and JPEG-encoded into ``schema.HANDS`` rows
-    (pickled in ``rows``); the frame itself is dropped. ``end`` rows pass through."""
-    cfg = from_dict(LabelConfig, cfg_dict)
+    """Ray Data task: ``crop_rows`` of a batch of labeled frame rows."""
+    return crop_rows(batch, from_dict(LabelConfig, cfg_dict))
+
+
+def crop_rows(batch: dict, cfg: LabelConfig) -> dict:
+    """Each frame row's hands filtered, cropped and JPEG-encoded into ``schema.HANDS`` rows (pickled in
+    ``rows``); the frame itself is dropped. ``end`` rows pass through."""
     out = {k: [] for k in ("work_id", "kind", "seq", "rows", "found", "filtered", "end")}
     for i, kind in enumerate(batch["kind"]):
         rows, found, filtered = [], 0, Counter()
@@ -190,6 +202,8 @@ def split_dataset(todo: list[dict], cfg: LabelConfig, n_labelers: int):
     ds = ds.map_batches(ModelLabelWorker, fn_constructor_kwargs={"cfg_dict": cfg_dict}, batch_size=lab.batch_size,
                         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_labelers),
                         num_cpus=lab.cpus_per_labeler, num_gpus=lab.gpus_per_labeler or None)
+    if not lab.gpus_per_labeler:   # labelers on CPUs crop in their own process (module docstring, 3.)
+        return ds
     return ds.map_batches(crop_frames, fn_kwargs={"cfg_dict": cfg_dict}, batch_size=rows_per_batch,
                           batch_format="numpy", num_cpus=cfg.decode_cpus)
 

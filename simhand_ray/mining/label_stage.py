@@ -72,8 +72,8 @@ def pipeline_of(cfg: LabelConfig) -> str:
     """``actors`` (one actor per work item: decode, label, crop, commit) or ``split`` (label_split: decoding and
     crops in CPU tasks, the model in actors). ``auto``: split for the model labeler (openmmlab) on GPUs, whose
     model wants batches gathered across items and more decoding than its actor's cores give; actors for
-    mediapipe and groundtruth, and for openmmlab on CPUs only (measured faster on the 2-core machine:
-    benchmarks/label_gpu.py, split 0.59-0.65x of the actor path)."""
+    mediapipe and groundtruth, and for openmmlab on CPUs only (the model is all the work there: both paths
+    measure the same on the 2-core machine, benchmarks/label_gpu.py split_vs_actors=0.988)."""
     if cfg.label_pipeline != "auto":
         return cfg.label_pipeline
     return "split" if cfg.labeler.backend == "openmmlab" and cfg.labeler.gpus_per_labeler > 0 else "actors"
