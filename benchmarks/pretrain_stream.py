@@ -9,6 +9,11 @@ is timed from its first batch on (Ray's start-up and the first worker starts are
     python benchmarks/pretrain_stream.py                      # N = 2 (this machine's cores), 4096 pairs
     python benchmarks/pretrain_stream.py --num-cpus 16 --pairs s3://bucket/mine/pairs
 
+Before Ray starts, N plain processes run the function at once: what the machine gives N copies with nothing else
+running (shared caches, memory bandwidth, clock), the ceiling of any N-CPU stream; the stream's own costs are
+what separates it from that ceiling (reading the Parquet rows, Ray's object store, the consumer and Ray's daemons
+on the same cores).
+
 Last line: ``stream_ratio=R`` with R = stream pairs/s / (N x single-process pairs/s).
 """
 from __future__ import annotations
@@ -33,6 +38,15 @@ def plain_rate(rows: dict, cfg, seconds: float) -> float:
                               uses_positive=cfg.uses_positive, cfg=cfg.augment)
         done, i = done + b, i + b
     return done / (time.perf_counter() - start)
+
+
+def parallel_plain(n: int, rows: dict, cfg, seconds: float) -> list[float]:
+    """pairs/s of each of ``n`` plain processes running ``plain_rate`` at once (forked before Ray starts): what
+    this machine gives N copies of the function with nothing else running, the ceiling of any N-CPU stream."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(n) as pool:
+        return pool.starmap(plain_rate, [(rows, cfg, seconds)] * n)
 
 
 def stream_rate(cfg, index, epochs: int) -> dict:
@@ -81,6 +95,9 @@ def main(argv=None) -> int:
     index = data.index_pairs(pairs, cfg.stream.max_unit_rows)
     rows = data.read_all(index, cfg.uses_positive, cfg.seed)
     plain, stream = [], []
+    together = parallel_plain(a.num_cpus, rows, cfg, a.plain_seconds)
+    print(f"{a.num_cpus} plain processes at once: {sum(together):.0f} pairs/s in all "
+          f"({', '.join(f'{x:.0f}' for x in together)})", flush=True)
     with local_ray(a.num_cpus) as ray_start:
         warm = stream_rate(cfg, index, 1)
         print(f"warm-up stream round (workers start): {warm['pairs_per_s']:.0f} pairs/s, not counted", flush=True)
@@ -97,10 +114,14 @@ def main(argv=None) -> int:
     figures = {"num_cpus": a.num_cpus, "pairs": index.num_rows, "image_size": a.image_size, "method": a.method,
                "augment_batch_size": cfg.stream.augment_batch_size, "ray_start_s": ray_start,
                "plain_pairs_per_s": plain, "stream": stream, "stream_ratio": ratio,
-               "whole_round_ratio": best_whole / (a.num_cpus * best_plain)}
+               "whole_round_ratio": best_whole / (a.num_cpus * best_plain),
+               "plain_processes_at_once_pairs_per_s": together,
+               "machine_ceiling_ratio": sum(together) / (a.num_cpus * best_plain)}
     print(f"N = {a.num_cpus}: one process {best_plain:.0f} pairs/s, N x that {a.num_cpus * best_plain:.0f}, "
           f"stream {best_stream:.0f} pairs/s steady ({best_whole:.0f} over a whole round: "
-          f"{figures['whole_round_ratio']:.3f} of N x one process; Ray start-up {ray_start:.1f} s, not counted)")
+          f"{figures['whole_round_ratio']:.3f} of N x one process; Ray start-up {ray_start:.1f} s, not counted); "
+          f"N plain processes at once {sum(together):.0f} pairs/s = {figures['machine_ceiling_ratio']:.3f} of N x one "
+          "process (this machine's ceiling for any N-CPU stream)")
     write_result(figures, a.json, ("stream_ratio", ratio))
     return 0
 
