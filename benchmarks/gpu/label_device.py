@@ -109,6 +109,7 @@ def main() -> None:
     p.add_argument("--stage", action="store_true", help="also the label stage through Ray (if Ray is there)")
     p.add_argument("--stage-frames", type=int, default=4096)
     p.add_argument("--images-per-item", type=int, default=64)
+    p.add_argument("--skip-labeler", action="store_true", help="the stage only (the second call: label_device.sh)")
     a = p.parse_args()
     a.device = "cuda" if torch.cuda.is_available() and not a.tiny else "cpu"
     if a.tiny:
@@ -124,7 +125,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="label_device_")   # weights, images, the stage's output: not into --out
     weights = write_checkpoints(os.path.join(work, "weights"))
     frames = make_frames(a.frames, tuple(a.size))
-    for b in a.batch_sizes:
+    for b in [] if a.skip_labeler else a.batch_sizes:
         r = labeler_rate(weights, frames, b, a)
         figures["labeler"].append(r)
         print(f"labeler alone, batch {b}, {r['precision']}, {a.size[0]}x{a.size[1]}: {r['frames_per_s']} frames/s "
@@ -139,7 +140,7 @@ def main() -> None:
             figures["stage"] = r
             print(f"label stage through Ray (split, {r['gpus_per_labeler']:g} GPU per labeler, {r['cpus']} CPUs): "
                   f"{r['frames_per_s']} frames/s ({r['frames']} frames, {r['hands']} hands, {r['seconds']} s)", flush=True)
-    with open(os.path.join(a.out, "figures.json"), "w") as f:
+    with open(os.path.join(a.out, "figures_stage.json" if a.skip_labeler else "figures.json"), "w") as f:
         json.dump(figures, f, indent=2)
 
 
