@@ -8,7 +8,8 @@
 #   1. run(command="bash benchmarks/gpu/label_device.sh", carry=[".device-kit-mm"], timeout_s=300)
 #      unpacks the mm kit into .device-site-mm and measures the labeler alone;
 #   2. run(command="bash benchmarks/gpu/label_device.sh --stage --skip-labeler", carry=[".device-kit"], timeout_s=300)
-#      finds .device-site-mm there and runs the label stage through Ray.
+#      finds .device-site-mm there and runs the label stage through Ray (1 and 0.25 GPU per labeler) beside the
+#      decode ceiling (every CPU decoding the same JPEGs).
 # Figures (card named) print as they come and land in $OUT/label/figures.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
