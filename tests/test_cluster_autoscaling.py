@@ -264,8 +264,11 @@ def test_label_stage_survives_a_worker_node_dying(fake_cluster, single_node_hand
             break
         time.sleep(0.2)
     assert proc.poll() is None, log.read_text()[-4000:]
-    labelers = [a for a in fake_cluster.api("actors?limit=1000&detail=true")
-                if a["state"] == "ALIVE" and "MapWorker" in a["class_name"]]
+    labelers, until = [], time.time() + 30   # the state API catches up with the GCS a moment later under load
+    while not labelers and time.time() < until and proc.poll() is None:
+        labelers = [a for a in fake_cluster.api("actors?limit=1000&detail=true")
+                    if a["state"] == "ALIVE" and "MapWorker" in a["class_name"]]
+        time.sleep(0 if labelers else 0.5)
     assert labelers, "no labeler actor alive"
     victim = labelers[0]["node_id"]
     done_at_kill = len(list(seg_dir.glob("*.parquet")))

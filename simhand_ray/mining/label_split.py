@@ -193,6 +193,8 @@ def split_dataset(todo: list[dict], cfg: LabelConfig, n_labelers: int):
     """The Ray Data pipeline (lazy) of decode tasks -> ``n_labelers`` model actors -> crop tasks."""
     import ray
 
+    from simhand_ray.mining.label_stage import labeler_resources
+
     lab = cfg.labeler
     cfg_dict = asdict(cfg)
     rows_per_batch = max(1, min(lab.batch_size, 64))
@@ -201,7 +203,7 @@ def split_dataset(todo: list[dict], cfg: LabelConfig, n_labelers: int):
                         batch_size=1, num_cpus=cfg.decode_cpus)
     ds = ds.map_batches(ModelLabelWorker, fn_constructor_kwargs={"cfg_dict": cfg_dict}, batch_size=lab.batch_size,
                         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_labelers),
-                        num_cpus=lab.cpus_per_labeler, num_gpus=lab.gpus_per_labeler or None)
+                        **labeler_resources(lab))
     if not lab.gpus_per_labeler:   # labelers on CPUs crop in their own process (module docstring, 3.)
         return ds
     return ds.map_batches(crop_frames, fn_kwargs={"cfg_dict": cfg_dict}, batch_size=rows_per_batch,

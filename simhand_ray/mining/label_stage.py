@@ -94,6 +94,15 @@ def labeler_concurrency(cfg: LabelConfig, pipeline: str = "actors") -> int:
     return max(1, int(cpus / max(lab.cpus_per_labeler, 1e-3) + 1e-9))
 
 
+def labeler_resources(lab) -> dict:
+    """A labeler actor's ``num_cpus`` / ``num_gpus`` for ``map_batches``. With a GPU and the default one CPU,
+    ``num_cpus`` is left to Ray Data, which reserves that one CPU for GPU map work itself, and does not then
+    warn that asking for both is experimental."""
+    if not lab.gpus_per_labeler:
+        return {"num_cpus": lab.cpus_per_labeler}
+    return {"num_gpus": lab.gpus_per_labeler, **({} if lab.cpus_per_labeler == 1 else {"num_cpus": lab.cpus_per_labeler})}
+
+
 class ClusterTooSmallError(RuntimeError):
     """The cluster cannot run the labelers asked for (naming the flag to change)."""
 
@@ -211,8 +220,7 @@ def run_label_stage(cfg: LabelConfig, progress: bool = True) -> dict:
         else:
             results = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
                 LabelWorker, fn_constructor_kwargs={"cfg_dict": cfg_dict}, batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=n), num_cpus=lab.cpus_per_labeler,
-                num_gpus=lab.gpus_per_labeler or None).iter_rows()  # Ray Data retries an item whose actor died
+                compute=ray.data.ActorPoolStrategy(size=n), **labeler_resources(lab)).iter_rows()  # Ray Data retries an item whose actor died
         bar = progress_bar(len(todo), "label", "item", progress)
         for row in results:
             for k in ("frames_decoded", "frames_kept", "hands_found", "hands_kept", "rejects"):
