@@ -103,7 +103,10 @@ def project(joints_3d: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 
 def read_image(uri: str) -> np.ndarray:
-    """Decode an image file (path or s3://) to (H, W, 3) RGB uint8; grayscale files become 3 channels."""
+    """Decode an image file (path or s3://) to (H, W, 3) RGB uint8; grayscale files become 3 channels.
+
+    Unlike ``mining.frames.read_image`` (photos from the wild: turned as their EXIF orientation says, as a viewer
+    shows them), the stored pixels as they are: a benchmark's labels refer to those."""
     data = np.frombuffer(storage.read_bytes(uri), np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if img is None:
