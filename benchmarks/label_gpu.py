@@ -12,9 +12,10 @@ the split pipeline (decode tasks -> model actors fed batches across items -> cro
    frame, 2 hands kept), ``--label-pipeline split`` and ``actors``, the fastest of ``--repeats`` rounds each;
    the rounds alternate which path runs first (the first run on a fresh Ray pays its workers' start-up).
 
-On CPUs only, the split run gives its labeler actors ``--split-cpus-per-labeler`` (0.75) and its decode and crop
-tasks ``--decode-cpus`` (0.5), so that on 2 cores two model actors run beside the decode tasks, as the actor
-path's two actors do; with ``--gpus-per-labeler`` both paths take the GPU(s). Last line:
+On CPUs only, the split run gives its labeler actors ``--split-cpus-per-labeler`` (0.75; each still takes a core
+of its own and crops in its own process) and its decode tasks ``--decode-cpus`` (0.5), so that on 2 cores two
+model actors run beside the decode tasks, as the actor path's two actors do; with ``--gpus-per-labeler`` both
+paths take the GPU(s), and the split run crops in CPU tasks. Last line:
 ``split_vs_actors=R`` (split frames/s over the actor path's).
 """
 from __future__ import annotations
