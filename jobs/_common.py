@@ -110,7 +110,7 @@ def add_config_args(parser, cls: type, skip: tuple[str, ...] = (), _path: str = 
 
 def config_from_args(cls: type, args: argparse.Namespace, _path: str = "", **given):
     """The config ``cls`` from options added by ``add_config_args``; ``given`` sets fields directly (those the
-    job parses itself). A list option becomes a tuple."""
+    job parses itself). A list option becomes a tuple; an option left None keeps the field's default."""
     kwargs = {}
     for f in dataclasses.fields(cls):
         dest = _path + f.name
@@ -118,7 +118,7 @@ def config_from_args(cls: type, args: argparse.Namespace, _path: str = "", **giv
             kwargs[f.name] = given[f.name]
         elif (sub := config_class(f.type)) is not None:
             kwargs[f.name] = config_from_args(sub, args, dest + ".")
-        elif hasattr(args, dest):
+        elif getattr(args, dest, None) is not None:
             value = getattr(args, dest)
             kwargs[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)

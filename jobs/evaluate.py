@@ -16,44 +16,37 @@ import json
 import logging
 
 import _common  # noqa: F401  (puts the repo on sys.path)
-from _common import HelpFormatter, init_ray, int_range, setup_logging
+from _common import HelpFormatter, add_config_args, config_from_args, init_ray, int_range, setup_logging
 
-from simhand_ray.config import FINETUNE_DATASETS, PoseEvalConfig, ProbeConfig, field_defaults
+from simhand_ray.config import PoseEvalConfig, ProbeConfig
 
 
 log = logging.getLogger("simhand.evaluate")
 
+#: Options both commands take; unset, each takes its own config's default.
+SHARED = ("output", "batch_size", "num_workers", "use_gpu")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    pe, pr = field_defaults(PoseEvalConfig), field_defaults(ProbeConfig)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--probe", choices=("retrieval",), help="run a probe instead of the pose metrics")
     p.add_argument("--report", metavar="RUN", help="write RUN/report.md from the tables and plots under RUN")
     p.add_argument("--output", help="output directory or s3:// prefix (report: the report file, default RUN/report.md)")
-    # shared by both commands: unset, each takes its own config's default
+    pe, pr = PoseEvalConfig.__dataclass_fields__, ProbeConfig.__dataclass_fields__
     p.add_argument("--num-workers", type=int_range(1), default=None,
-                   help=f"model actors (Ray Data concurrency; default: {pe['num_workers']}, probe {pr['num_workers']})")
+                   help=f"model actors (default: {pe['num_workers'].default}, probe {pr['num_workers'].default})")
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--batch-size", type=int_range(1), default=None,
-                   help=f"crops per model call (default: {pe['batch_size']}, probe {pr['batch_size']})")
+                   help=f"crops per model call (default: {pe['batch_size'].default}, probe {pr['batch_size'].default})")
     p.add_argument("--num-cpus", type=int_range(1), default=None, help="CPUs of a local Ray (ignored on a cluster)")
-    g = p.add_argument_group("pose metrics")
-    g.add_argument("--dataset", choices=FINETUNE_DATASETS, default=pe["dataset"])
-    g.add_argument("--data-root")
-    g.add_argument("--split", default=pe["split"], help="default: FreiHAND evaluation, DexYCB s1 test, AssemblyHands test")
-    g.add_argument("--model", help="fine-tuning output directory (model.pt) or a .pt file")
-    g.add_argument("--max-samples", type=int_range(0), default=pe["max_samples"], help="evaluate only the first N records (0 = all)")
-    g.add_argument("--auc-steps", type=int_range(2), default=pe["auc_steps"], help="PCK thresholds in 0-50 mm (FreiHAND: 100)")
-    g.add_argument("--no-reflection", action="store_true", help="Procrustes without reflections (FreiHAND allows them)")
-    g = p.add_argument_group("retrieval probe")
-    g.add_argument("--hands", help="held-out mined hands (schema.HANDS Parquet)")
-    g.add_argument("--trunk", action="append", default=[], help="[label=]weights; repeatable")
-    g.add_argument("--no-random-init", action="store_true", help="leave out the random-init row")
-    g.add_argument("--arch", default=pr["arch"], help="architecture of the random-init row (auto: the first trunk's)")
-    g.add_argument("--input-size", type=int_range(32), default=pr["input_size"], help="crop side in pixels")
-    g.add_argument("--max-hands", type=int_range(0), default=pr["max_hands"], help="random subsample of the hands (0 = all)")
-    g.add_argument("--seed", type=int_range(0), default=pr["seed"])
+    add_config_args(p.add_argument_group("pose metrics"), PoseEvalConfig, skip=SHARED)
+    add_config_args(p.add_argument_group("retrieval probe"), ProbeConfig, skip=SHARED)
     return p
+
+
+def _shared(a: argparse.Namespace) -> dict:
+    """The shared options given on the command line (the others keep each config's default)."""
+    return {k: getattr(a, k) for k in SHARED if getattr(a, k) is not None}
 
 
 def main(argv=None) -> int:
@@ -67,15 +60,12 @@ def main(argv=None) -> int:
         return 0
     if not a.output:
         p.error("--output is required")
-    shared = {k: v for k, v in (("batch_size", a.batch_size), ("num_workers", a.num_workers)) if v is not None}
     if a.probe == "retrieval":
         from simhand_ray.evaluate.retrieval import format_table, run_retrieval_probe
 
         if not a.hands:
             p.error("--probe retrieval needs --hands")
-        cfg = ProbeConfig(hands=a.hands, output=a.output, trunks=tuple(a.trunk), random_init=not a.no_random_init,
-                          arch=a.arch, input_size=a.input_size, max_hands=a.max_hands, seed=a.seed,
-                          use_gpu=a.use_gpu, **shared)
+        cfg = config_from_args(ProbeConfig, a, **_shared(a))
         init_ray(a.num_cpus)
         result = run_retrieval_probe(cfg)
         print(f"\npose retrieval probe: {result['hands']} hands, {result['videos']} videos\n")
@@ -85,9 +75,7 @@ def main(argv=None) -> int:
         p.error("pose metrics need --data-root and --model (or use --probe / --report)")
     from simhand_ray.evaluate.pose_eval import run_pose_eval
 
-    cfg = PoseEvalConfig(dataset=a.dataset, data_root=a.data_root, split=a.split, model=a.model, output=a.output,
-                         use_gpu=a.use_gpu, **shared,
-                         max_samples=a.max_samples, auc_steps=a.auc_steps, allow_reflection=not a.no_reflection)
+    cfg = config_from_args(PoseEvalConfig, a, **_shared(a))
     init_ray(a.num_cpus)
     out = run_pose_eval(cfg)
     print("\n| dataset | split | hands | MPJPE (mm) | PA-MPJPE (mm) | AUC | PA AUC |\n|---|---|---:|---:|---:|---:|---:|")

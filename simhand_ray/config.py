@@ -568,42 +568,44 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class PoseEvalConfig:
     """3D pose metrics. ``model``: a fine-tuning output directory (its model.pt, else checkpoint.pt) or a .pt file."""
-    dataset: str = "freihand"
-    data_root: str = ""
-    split: str = ""                       # empty: the dataset's evaluation split
-    model: str = ""
-    output: str = ""
-    batch_size: int = 64                  # crops per predictor call
-    num_workers: int = 1                  # predictor actors
-    use_gpu: bool = False
-    max_samples: int = 0                  # 0 = every evaluation record
-    auc_steps: int = AUC_STEPS
-    allow_reflection: bool = True
+    dataset: str = opt("freihand", choices=FINETUNE_DATASETS)
+    data_root: str = opt("", "the dataset's folder (path or s3://)")
+    split: str = opt("", "default: FreiHAND evaluation, DexYCB s1 test, AssemblyHands test")
+    model: str = opt("", "fine-tuning output directory (model.pt) or a .pt file")
+    output: str = opt("", "output directory or s3:// prefix")
+    batch_size: int = opt(64, "crops per predictor call", bounds=Bounds(1))
+    num_workers: int = opt(1, "predictor actors", bounds=Bounds(1))
+    use_gpu: bool = opt(False, "predictors on GPUs")
+    max_samples: int = opt(0, "evaluate only the first N records (0 = all)", bounds=Bounds(0))
+    auc_steps: int = opt(AUC_STEPS, "PCK thresholds in 0-50 mm (FreiHAND: 100)", bounds=Bounds(2))
+    allow_reflection: bool = opt(True, "Procrustes may reflect (FreiHAND allows it)", flag="--reflection")
 
     def __post_init__(self):
         if not (self.model and self.output):
             raise ValueError("evaluation needs --model and --output")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     """The pose-retrieval probe. ``trunks``: weights files, each optionally labelled ``label=uri``; ``arch`` of
     the random-init row ("auto": the first trunk's architecture, resnet50 without trunks)."""
-    hands: str = ""
-    output: str = ""
-    trunks: tuple[str, ...] = ()
-    random_init: bool = True
-    arch: str = "auto"
-    input_size: int = 128
-    max_hands: int = 5000
-    seed: int = 0
-    batch_size: int = 64
-    num_workers: int = 1
-    use_gpu: bool = False
+    hands: str = opt("", "held-out mined hands (schema.HANDS Parquet)")
+    output: str = opt("", "output directory or s3:// prefix")
+    trunks: tuple[str, ...] = opt(help="[label=]weights; repeatable", flag="--trunk", factory=tuple)
+    random_init: bool = opt(True, "a random-init row beside the trunks")
+    arch: str = opt("auto", "architecture of the random-init row (auto: the first trunk's)")
+    input_size: int = opt(128, "crop side in pixels", bounds=Bounds(32))
+    max_hands: int = opt(5000, "random subsample of the hands (0 = all)", bounds=Bounds(0))
+    seed: int = opt(0, bounds=Bounds(0))
+    batch_size: int = opt(64, "crops per model call", bounds=Bounds(1))
+    num_workers: int = opt(1, "model actors", bounds=Bounds(1))
+    use_gpu: bool = opt(False, "models on GPUs")
 
     def __post_init__(self):
         if not (self.hands and self.output):
             raise ValueError("the retrieval probe needs --hands and --output")
+        check_fields(self)
 
     def labelled_trunks(self) -> list[tuple[str, str]]:
         """(label, uri) of every trunk; an unlabelled one is labelled with its file name."""
@@ -616,11 +618,6 @@ class ProbeConfig:
                 label, uri = "", t
             out.append((label or basename(uri), uri))
         return out
-
-
-def field_defaults(cls: type) -> dict[str, Any]:
-    """{field: default} of a config dataclass (the jobs' CLI defaults come from here, never restated)."""
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
 for _cls in (FinetuneConfig, PoseEvalConfig, ProbeConfig):
