@@ -35,7 +35,7 @@ def local_ray(num_cpus: int | None = None, **kwargs):
     import ray
 
     t = time.perf_counter()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", **kwargs)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", **kwargs)
     try:
         yield time.perf_counter() - t
     finally:

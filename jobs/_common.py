@@ -162,7 +162,9 @@ def init_ray(num_cpus: int | None = None) -> bool:
         # to this cluster's dashboard, on a port chosen here so it is known before Ray starts.
         port = free_port()
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_port=port,
+        # address="local": a Ray of this job's own, even where `ray start` left a cluster that ray.init() would
+        # otherwise join (found through /tmp/ray/ray_current_cluster) and refuse the arguments above for
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port,
                  runtime_env={"env_vars": env_vars}, **kwargs)
     alive = sum(1 for n in ray.nodes() if n["Alive"])
     logging.getLogger("simhand").info("Ray cluster now: %d node(s), %s (an autoscaling cluster adds nodes "

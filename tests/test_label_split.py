@@ -52,7 +52,7 @@ import ray
 from simhand_ray.config import LabelConfig, LabelerConfig, FilterConfig
 from simhand_ray.mining.label_stage import run_label_stage
 logging.basicConfig(level=logging.INFO)
-ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
 inputs, output, det, pose = sys.argv[1:5]
 lab = LabelerConfig(backend="openmmlab", det_checkpoint=det, pose_checkpoint=pose, max_hands=2, device="cpu",
                     batch_size=4, gpus_per_labeler=0.5, cpus_per_labeler=0.5)

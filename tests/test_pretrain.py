@@ -166,7 +166,7 @@ def timed(batch, **kw):      # the stream's own task function, with its start an
         f.write(json.dumps([os.getpid(), t0, time.time()]) + "\\n")
 
 data.augment_items = timed
-ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 index = data.index_pairs(sys.argv[1], max_unit_rows=2048)
 cfg = sectioned(PretrainConfig, batch_size=8, balance_sources=False, items_per_task=1, augment=AugmentConfig(size=256))
 list(data.build_dataset(cfg, index, 1).iter_batches(batch_size=None))     # starts the workers

@@ -133,7 +133,7 @@ def stage_rate(weights: dict, images: str, gpus: float, a, out: str) -> dict:
     cfg = LabelConfig(inputs=(images,), output=os.path.join(out, f"stage_{gpus:g}"), label_pipeline="split",
                       decode_cpus=1.0 if gpus else 0.5, images_per_item=a.images_per_item, labeler=lab,
                       filter=FilterConfig(min_det_score=0, min_keypoint_score=0, min_box_side=0, min_keypoints_inside=0))
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     try:
         t = time.perf_counter()
         s = run_label_stage(cfg, progress=False)
