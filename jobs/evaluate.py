@@ -23,7 +23,8 @@ from simhand_ray.config import PoseEvalConfig, ProbeConfig
 
 log = logging.getLogger("simhand.evaluate")
 
-#: Options both commands take; unset, each takes its own config's default.
+#: Options both commands take, declared once below; unset (None), each config keeps its own default
+#: (``config_from_args`` reads them by their field names).
 SHARED = ("output", "batch_size", "num_workers", "use_gpu")
 
 
@@ -44,11 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _shared(a: argparse.Namespace) -> dict:
-    """The shared options given on the command line (the others keep each config's default)."""
-    return {k: getattr(a, k) for k in SHARED if getattr(a, k) is not None}
-
-
 def main(argv=None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
@@ -65,7 +61,7 @@ def main(argv=None) -> int:
 
         if not a.hands:
             p.error("--probe retrieval needs --hands")
-        cfg = config_from_args(ProbeConfig, a, **_shared(a))
+        cfg = config_from_args(ProbeConfig, a)
         init_ray(a.num_cpus)
         result = run_retrieval_probe(cfg)
         print(f"\npose retrieval probe: {result['hands']} hands, {result['videos']} videos\n")
@@ -75,7 +71,7 @@ def main(argv=None) -> int:
         p.error("pose metrics need --data-root and --model (or use --probe / --report)")
     from simhand_ray.evaluate.pose_eval import run_pose_eval
 
-    cfg = config_from_args(PoseEvalConfig, a, **_shared(a))
+    cfg = config_from_args(PoseEvalConfig, a)
     init_ray(a.num_cpus)
     out = run_pose_eval(cfg)
     print("\n| dataset | split | hands | MPJPE (mm) | PA-MPJPE (mm) | AUC | PA AUC |\n|---|---|---:|---:|---:|---:|---:|")

@@ -239,6 +239,7 @@ def kill_and_rerun(make_cmd, tmp_path, wait_s: float = 300) -> dict:
     import ray
 
     from conftest import REPO, real_data
+    from simhand_ray.mining.label_stage import done_work_ids
 
     d = tmp_path / "in"
     d.mkdir()
@@ -248,20 +249,19 @@ def kill_and_rerun(make_cmd, tmp_path, wait_s: float = 300) -> dict:
     out, reference = tmp_path / "out", tmp_path / "reference"
     proc = subprocess.Popen(make_cmd([d], out), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    seg_dir = out / "segments"
 
-    def committed(folder) -> int:   # markers; a kill mid-write may leave a _tmp.* file, which readers skip
-        return sum(not p.name.startswith("_") for p in folder.glob("*.parquet")) if folder.exists() else 0
+    def committed(output) -> int:   # the stage's own count: a kill mid-write may leave a _tmp.* file, not an item
+        return len(done_work_ids(str(output)))
 
     deadline = time.time() + wait_s
-    while time.time() < deadline and committed(seg_dir) < 2:
+    while time.time() < deadline and committed(out) < 2:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_at_kill = committed(seg_dir)
+    done_at_kill = committed(out)
     subprocess.run(make_cmd([d], out), env=env, cwd=REPO, check=True, capture_output=True)
     subprocess.run(make_cmd([d], reference), env=env, cwd=REPO, check=True, capture_output=True)
-    items = committed(reference / "segments")
+    items = committed(reference)
     assert 2 <= done_at_kill < items, f"the kill came too late to test resuming ({done_at_kill} items done)"
-    assert committed(seg_dir) == items
+    assert committed(out) == items
     return {"out": out, "reference": reference, "done_at_kill": done_at_kill, "items": items}

@@ -32,6 +32,7 @@ import yaml
 from conftest import REPO, free_port, hand_ids, real_data
 from ray_head import marked_pids, process_environ, stop_marked
 from simhand_ray.config import LabelConfig
+from simhand_ray.mining.label_stage import done_work_ids
 
 pytestmark = pytest.mark.cluster
 
@@ -252,20 +253,14 @@ def test_label_stage_scales_out_on_demand_and_back_in(fake_cluster, single_node_
           f"(idle timeout {IDLE_TIMEOUT_MIN * 60:.0f} s)")
 
 
-def markers(seg_dir) -> list:
-    """Committed items' markers; a node killed mid-write may leave a ``_tmp.*`` file, which readers skip."""
-    return [p for p in seg_dir.glob("*.parquet") if not p.name.startswith("_")] if seg_dir.exists() else []
-
-
 def test_label_stage_survives_a_worker_node_dying(fake_cluster, single_node_hands, two_videos, tmp_path):
     out = tmp_path / "cluster"
-    seg_dir = out / "segments"
     log = tmp_path / "job.log"
     t0 = time.time()
     proc = fake_cluster.submit([*LABEL_ARGS, "--input", str(two_videos), "--output", str(out)], log)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:   # kill once the first work item has committed
-        if markers(seg_dir):
+        if done_work_ids(str(out)):   # (a node killed mid-write may leave a _tmp.* file: not an item)
             break
         time.sleep(0.2)
     assert proc.poll() is None, log.read_text()[-4000:]
@@ -276,7 +271,7 @@ def test_label_stage_survives_a_worker_node_dying(fake_cluster, single_node_hand
         time.sleep(0 if labelers else 0.5)
     assert labelers, "no labeler actor alive"
     victim = labelers[0]["node_id"]
-    done_at_kill = len(markers(seg_dir))
+    done_at_kill = len(done_work_ids(str(out)))
     os.kill(fake_cluster.raylet_pid(victim), signal.SIGKILL)
     t_kill = time.time()
     wait_job(proc, log, timeout=300)
@@ -290,5 +285,5 @@ def test_label_stage_survives_a_worker_node_dying(fake_cluster, single_node_hand
           f"committed; replacement node up {min(replacements) - t_kill:.1f} s after the kill; job done "
           f"{t_end - t_kill:.1f} s after the kill")
     assert done_at_kill < N_ITEMS, "the kill came after the last item"
-    assert len(markers(seg_dir)) == N_ITEMS
+    assert len(done_work_ids(str(out))) == N_ITEMS
     assert hand_ids(out) == single_node_hands()
