@@ -82,6 +82,8 @@ def _option(f: dataclasses.Field, dest: str, default):
         kw.update(action=argparse.BooleanOptionalAction if default else "store_true", default=default)
     elif kind.startswith("tuple[str"):
         kw.update(action="append", default=[])
+    elif kind.startswith(("tuple[int", "tuple[float")):
+        kw.update(nargs="+", type=NUMBER_TYPES[kind[6:].split(",")[0].strip(" .]")], default=default)
     elif kind in ("int", "float"):
         bounds = meta.get("bounds")
         kw.update(type=NumberArg(NUMBER_TYPES[kind], bounds) if bounds else NUMBER_TYPES[kind], default=default)
@@ -131,13 +133,15 @@ def setup_logging() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
-def init_ray(num_cpus: int | None = None) -> bool:
+def init_ray(num_cpus: int | None = None, worker_logs: bool = True) -> bool:
     """Connect to the cluster this job was submitted to (RAY_ADDRESS), else start a local Ray. Returns True
     for an existing cluster (which may autoscale), False for a Ray of this process's own (which cannot).
 
     Only the non-secret S3 settings (region, endpoint) go to the workers through ``runtime_env``, which Ray
     logs and shows in its jobs API; credentials never do. A local Ray's workers inherit this process's
     environment, credentials included; a cluster's workers use their node's (README, "Credentials").
+    ``worker_logs=False`` keeps the workers' output in Ray's log files instead of this terminal (for a job
+    that drives many runs and prints a line for each).
     """
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")   # the jobs draw their own (simhand_ray.progress)
     import ray
@@ -153,7 +157,7 @@ def init_ray(num_cpus: int | None = None) -> bool:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     env_vars = storage.aws_env()
     env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
-    kwargs = dict(ignore_reinit_error=True, logging_level="WARNING")
+    kwargs = dict(ignore_reinit_error=True, logging_level="WARNING", log_to_driver=worker_logs)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env_vars}, **kwargs)
     else:

@@ -1,4 +1,5 @@
-r"""The evaluate job: 3D pose metrics of a fine-tuned model, the pose-retrieval probe, or a run's report.
+r"""The evaluate job: 3D pose metrics of a fine-tuned model, the pose-retrieval probe, the mining probe, or a
+run's report.
 
     # SPEC §4 metrics (MPJPE, PA-MPJPE, 3D PCK AUC 0-50 mm) on a dataset's evaluation split
     python jobs/evaluate.py --dataset freihand --data-root /data/FreiHAND_pub_v2 \
@@ -6,6 +7,9 @@ r"""The evaluate job: 3D pose metrics of a fine-tuned model, the pose-retrieval 
     # probe without 3D labels: nearest neighbour (other videos) in trunk feature space vs. 2D pose distance
     python jobs/evaluate.py --probe retrieval --hands out/heldout/hands --trunk simhand=out/pretrain/trunk.pt \
         --trunk imagenet=weights/resnet50.pth --output out/probe
+    # mining quality against 3D truth, for a mine output whose videos have sidecar labels (jobs/synth.py):
+    # anchor -> mined positive vs anchor -> a random other-video hand and -> the oracle (mining.json, mining.png)
+    python jobs/evaluate.py --probe mining --mine out/demo/mine --output out/demo/mining
     # one markdown report of everything under a run directory
     python jobs/evaluate.py --report out
 """
@@ -30,7 +34,8 @@ SHARED = ("output", "batch_size", "num_workers", "use_gpu")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--probe", choices=("retrieval",), help="run a probe instead of the pose metrics")
+    p.add_argument("--probe", choices=("retrieval", "mining"), help="run a probe instead of the pose metrics")
+    p.add_argument("--mine", help="--probe mining: the mine job's output (its hands/ and pairs/)")
     p.add_argument("--report", metavar="RUN", help="write RUN/report.md from the tables and plots under RUN")
     p.add_argument("--output", help="output directory or s3:// prefix (report: the report file, default RUN/report.md)")
     pe, pr = PoseEvalConfig.__dataclass_fields__, ProbeConfig.__dataclass_fields__
@@ -56,6 +61,21 @@ def main(argv=None) -> int:
         return 0
     if not a.output:
         p.error("--output is required")
+    if a.probe == "mining":
+        from simhand_ray.compare.mining_probe import evaluate_mining, format_figures
+        from simhand_ray import storage
+
+        if not a.mine:
+            p.error("--probe mining needs --mine")
+        try:
+            figures = evaluate_mining(storage.join(a.mine, "hands"), storage.join(a.mine, "pairs"), a.output,
+                                      seed=a.seed if a.seed is not None else 0)
+        except (FileNotFoundError, ValueError) as e:
+            log.error("%s", e)
+            return 2
+        print(f"\nmining probe of {a.mine}: 3D pose distance from each anchor (wrist -> middle MCP = 1)\n")
+        print(format_figures(figures))
+        return 0
     if a.probe == "retrieval":
         from simhand_ray.evaluate.retrieval import format_table, run_retrieval_probe
 

@@ -656,3 +656,87 @@ class SynthConfig:
 
 
 _DATACLASSES[SynthConfig.__name__] = SynthConfig
+
+
+# --- the comparison of pre-training methods (jobs/compare.py) ------------------------------------------
+#: ``random`` = no pre-training; ``oracle`` = SiMHand-W on positives chosen by true 3D pose (the ceiling of mining).
+COMPARE_METHODS = ("random", "simclr", "peclr", "simhand", "simhand-w", "oracle")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The comparison job: pre-train every method on the same mined hands for the same steps, then score each
+    trunk frozen (linear probe of 3D pose) and fine-tuned (3D pose on held-out videos or a 3D dataset).
+
+    Sizes come from a preset (``COMPARE_PRESETS``: tiny, cpu, gpu); an option given on the command line
+    overrides its preset's value. Videos with sidecar labels are split into four disjoint sets by
+    ``split_seed``: pre-training, probe fitting, fine-tuning, test.
+    """
+    mine: str = opt("", "the mine job's output (hands/, graph/, pairs/)", cli=False)
+    output: str = opt("", "output directory or s3:// prefix", cli=False)
+    methods: tuple[str, ...] = opt(COMPARE_METHODS, "methods to compare (repeatable): "
+                                   + " | ".join(COMPARE_METHODS), flag="--method")
+    seeds: tuple[int, ...] = opt((0, 1), "seeds of every pre-training and fine-tuning run", flag="--seeds")
+    arch: str = opt("resnet18", "torchvision ResNet trunk", choices=PRETRAIN_ARCHS)
+    image_size: int = opt(48, "side of the views and crops (pixels)", bounds=Bounds(16))
+    batch_size: int = opt(32, "pre-training global batch (pairs)", bounds=Bounds(2))
+    steps: int = opt(500, "pre-training steps of every method", bounds=Bounds(1))
+    label_fractions: tuple[float, ...] = opt((1.0,), "fine-tuning label fractions (of the fine-tuning set)",
+                                             flag="--label-fractions")
+    finetune_steps: int = opt(100, "fine-tuning steps at every label fraction (0 = no fine-tuning)", bounds=Bounds(0))
+    finetune_batch_size: int = opt(16, "fine-tuning batch", bounds=Bounds(2))
+    finetune_lr: float = opt(5e-4, "fine-tuning AdamW peak lr", bounds=Bounds(0, lo_open=True))
+    pretrain_videos: float = opt(0.5, "fraction of the labelled videos for pre-training", bounds=Bounds(0, 1, True))
+    probe_videos: float = opt(0.2, "fraction for fitting the linear probe", bounds=Bounds(0, 1, True))
+    finetune_videos: float = opt(0.15, "fraction for fine-tuning (the rest is the test set)", bounds=Bounds(0, 1))
+    split_seed: int = opt(0, "seed of the video split", bounds=Bounds(0))
+    dataset: str = opt("", "fine-tune and test on this 3D dataset instead of held-out mined videos",
+                       choices=("",) + FINETUNE_DATASETS)
+    data_root: str = opt("", "the dataset's folder (path or s3://), with --dataset")
+    max_test_samples: int = opt(0, "--dataset: score only the first N test records (0 = all)", bounds=Bounds(0))
+    use_gpu: bool = opt(False, "one GPU per pre-training and fine-tuning run")
+    cpus_per_run: float = opt(1.0, "CPUs each training worker reserves (the stream takes what is left)",
+                              bounds=Bounds(0, lo_open=True))
+    parallel_runs: int = opt(0, "runs side by side (0 = as many as the cluster holds)", bounds=Bounds(0))
+
+    def __post_init__(self):
+        check_fields(self)
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "label_fractions", tuple(float(f) for f in self.label_fractions))
+        bad = [m for m in self.methods if m not in COMPARE_METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"methods must be among {' | '.join(COMPARE_METHODS)}, got {list(self.methods)}")
+        if not self.seeds or min(self.seeds) < 0:
+            raise ValueError(f"seeds must be one or more integers >= 0, got {list(self.seeds)}")
+        if not self.label_fractions or not all(0 < f <= 1 for f in self.label_fractions):
+            raise ValueError(f"label_fractions must be in (0, 1], got {list(self.label_fractions)}")
+        if self.pretrain_videos + self.probe_videos + self.finetune_videos >= 1:
+            raise ValueError("pretrain_videos + probe_videos + finetune_videos must leave videos for the test set")
+        if self.dataset and not self.data_root:
+            raise ValueError("--dataset needs --data-root")
+
+    def result_dict(self) -> dict:
+        """What shapes the comparison's numbers (the runs' resources excluded)."""
+        d = asdict(self)
+        for k in ("output", "use_gpu", "cpus_per_run", "parallel_runs"):
+            d.pop(k)
+        return d
+
+
+#: Sizes of the comparison per machine; each line says why.
+COMPARE_PRESETS = {
+    # the test suite: every method, one seed, a few steps (the pipeline runs, the numbers mean nothing)
+    "tiny": CompareConfig(seeds=(0,), image_size=32, batch_size=8, steps=3, finetune_steps=2,
+                          finetune_batch_size=4, label_fractions=(1.0,)),
+    # 2 CPU cores, <= 60 min with the synthetic data: ResNet-18 at 48 px learns pose within ~500 steps of 32
+    # (at 64 px and 300 steps nothing separated); two seeds for a spread; ~5 min a pre-training here, so the
+    # unweighted SiMHand (the weighting's ablation) is left to the gpu preset; a short fine-tuning at one fraction
+    "cpu": CompareConfig(methods=("random", "simclr", "peclr", "simhand-w", "oracle"), finetune_steps=100),
+    # one GPU (H100) + 16 cores, <= 8 min: ResNet-50 at 128 px (SPEC's trunk and view size), two label fractions
+    "gpu": CompareConfig(arch="resnet50", image_size=128, batch_size=256, steps=300, seeds=(0, 1),
+                         label_fractions=(0.1, 1.0), finetune_steps=200, finetune_batch_size=64, use_gpu=True,
+                         cpus_per_run=4.0),
+}
+
+_DATACLASSES[CompareConfig.__name__] = CompareConfig

@@ -56,23 +56,24 @@ def nearest_by_cosine(embeddings: np.ndarray, video_ids, block: int = 1024) -> n
     return out
 
 
-def nearest_by_pose(poses: np.ndarray, video_ids, block: int = 256) -> np.ndarray:
-    """The pose oracle: for every row, the row of another video with the smallest ``pose_distances``
-    (-1 if none). poses (N, 21, 2) canonical. Accumulates joint by joint: O(block x N) memory."""
+def nearest_by_pose(poses: np.ndarray, video_ids, block: int = 256, queries: np.ndarray | None = None) -> np.ndarray:
+    """The pose oracle: for every row (or every row of ``queries``), the row of another video with the smallest
+    ``pose_distances`` (-1 if none). poses (N, 21, D) canonical. Accumulates joint by joint: O(block x N) memory."""
     p = np.asarray(poses, np.float32)
     vid = _video_codes(video_ids)
     n, j = p.shape[:2]
-    out = np.full(n, -1, np.int64)
-    for i0 in range(0, n, block):
-        i1 = min(i0 + block, n)
-        dist = np.zeros((i1 - i0, n), np.float32)
+    q = np.arange(n) if queries is None else np.asarray(queries, np.int64)
+    out = np.full(len(q), -1, np.int64)
+    for i0 in range(0, len(q), block):
+        rows = q[i0:i0 + block]
+        dist = np.zeros((len(rows), n), np.float32)
         for k in range(j):
-            diff = p[i0:i1, None, k, :] - p[None, :, k, :]
+            diff = p[rows, None, k, :] - p[None, :, k, :]
             dist += np.sqrt((diff ** 2).sum(-1))
-        dist[vid[i0:i1, None] == vid[None, :]] = np.inf
+        dist[vid[rows, None] == vid[None, :]] = np.inf
         best = dist.argmin(axis=1)
-        ok = np.isfinite(dist[np.arange(i1 - i0), best])
-        out[i0:i1] = np.where(ok, best, -1)
+        ok = np.isfinite(dist[np.arange(len(rows)), best])
+        out[i0:i0 + len(rows)] = np.where(ok, best, -1)
     return out
 
 
