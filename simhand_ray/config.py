@@ -405,6 +405,8 @@ class RunConfig:
     """Where and how this submission runs: workers, precision, checkpoints, the cluster (not hashed)."""
     num_workers: int = opt(1, "training workers (one per GPU)", bounds=Bounds(1))
     use_gpu: bool = opt(False, "one GPU per training worker")
+    gpus_per_worker: float = opt(1.0, "with --use-gpu: the share of a GPU each worker takes (0.25: four small runs "
+                                 "side by side on one GPU)", bounds=Bounds(0, 1, lo_open=True))
     cpus_per_worker: float = opt(1.0, "CPUs each training worker reserves; the rest of the cluster augments data",
                                  bounds=Bounds(0))
     amp: bool = opt(True, "mixed precision on GPU (--no-amp: float32)")
@@ -548,6 +550,7 @@ class FinetuneConfig:
     seed: int = opt(0, bounds=Bounds(0))
     num_workers: int = opt(1, "Ray Train workers (DDP world size)", bounds=Bounds(1))
     use_gpu: bool = opt(False, "one GPU per worker")
+    gpus_per_worker: float = opt(1.0, "with --use-gpu: the share of a GPU each worker takes", bounds=Bounds(0, 1, lo_open=True))
     cpus_per_worker: float = opt(1.0, bounds=Bounds(0))
     amp: bool = opt(True, "bfloat16 autocast on GPU")
     resume: bool = opt(True, "continue from --output's checkpoint if it holds one")
@@ -560,7 +563,8 @@ class FinetuneConfig:
     def result_dict(self) -> dict:
         """Settings that change the trained weights (the stage's settings; length/resources excluded)."""
         d = asdict(self)
-        for k in ("output", "epochs", "max_steps", "num_workers", "use_gpu", "cpus_per_worker", "resume"):
+        for k in ("output", "epochs", "max_steps", "num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker",
+                  "resume"):
             d.pop(k)
         return d
 
@@ -694,7 +698,9 @@ class CompareConfig:
                        choices=("",) + FINETUNE_DATASETS)
     data_root: str = opt("", "the dataset's folder (path or s3://), with --dataset")
     max_test_samples: int = opt(0, "--dataset: score only the first N test records (0 = all)", bounds=Bounds(0))
-    use_gpu: bool = opt(False, "one GPU per pre-training and fine-tuning run")
+    use_gpu: bool = opt(False, "pre-training and fine-tuning on GPUs")
+    gpus_per_run: float = opt(1.0, "with --use-gpu: the share of a GPU each run takes (0.25: four runs side by side "
+                              "on one GPU)", bounds=Bounds(0, 1, lo_open=True))
     cpus_per_run: float = opt(1.0, "CPUs each training worker reserves (the stream takes what is left)",
                               bounds=Bounds(0, lo_open=True))
     parallel_runs: int = opt(0, "runs side by side (0 = as many as the cluster holds)", bounds=Bounds(0))
@@ -719,7 +725,7 @@ class CompareConfig:
     def result_dict(self) -> dict:
         """What shapes the comparison's numbers (the runs' resources excluded)."""
         d = asdict(self)
-        for k in ("output", "use_gpu", "cpus_per_run", "parallel_runs"):
+        for k in ("output", "use_gpu", "gpus_per_run", "cpus_per_run", "parallel_runs"):
             d.pop(k)
         return d
 
@@ -733,10 +739,11 @@ COMPARE_PRESETS = {
     # (at 64 px and 300 steps nothing separated); two seeds for a spread; ~5 min a pre-training here, so the
     # unweighted SiMHand (the weighting's ablation) is left to the gpu preset; a short fine-tuning at one fraction
     "cpu": CompareConfig(methods=("random", "simclr", "peclr", "simhand-w", "oracle"), finetune_steps=100),
-    # one GPU (H100) + 16 cores, <= 8 min: ResNet-50 at 128 px (SPEC's trunk and view size), two label fractions
-    "gpu": CompareConfig(arch="resnet50", image_size=128, batch_size=256, steps=300, seeds=(0, 1),
-                         label_fractions=(0.1, 1.0), finetune_steps=200, finetune_batch_size=64, use_gpu=True,
-                         cpus_per_run=4.0),
+    # one GPU (H100) + 16 cores, <= 8 min: ResNet-50 at 128 px (SPEC's trunk and view size), four runs side by
+    # side on the GPU (each a quarter of it and 3 CPUs + 1 for its stream), two label fractions
+    "gpu": CompareConfig(arch="resnet50", image_size=128, batch_size=256, steps=200, seeds=(0, 1),
+                         label_fractions=(0.1, 1.0), finetune_steps=150, finetune_batch_size=64, use_gpu=True,
+                         gpus_per_run=0.25, cpus_per_run=3.0),
 }
 
 _DATACLASSES[CompareConfig.__name__] = CompareConfig

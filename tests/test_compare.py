@@ -232,26 +232,40 @@ def test_compare_tiny_end_to_end_killed_and_resumed(tiny_mine):
     report = (out / "report.md").read_text()
     assert "| oracle | 1 | 1 |" in report and "efficiency" in report
 
-    # no leak: every video in one set; pre-training, probe and fine-tuning data hold only their own videos
+    # no leak: every video in one set; pre-training pairs, probe and fine-tuning data hold only their own videos
     splits = json.loads((out / "data" / "splits.json").read_text())["videos"]
+    truth = _labels_by_hand(tiny_mine["mine"])
+    video_of = {h: v for h, (_, v) in truth.items()}
+    pretrain = {v for v, s in splits.items() if s == "pretrain"}
+    for name in ("mined", "oracle"):
+        pairs = pq.read_table(out / "data" / name / "pairs", columns=["anchor_id", "positive_id"]).to_pylist()
+        assert pairs and all(video_of[p["anchor_id"]] in pretrain and video_of[p["positive_id"]] in pretrain
+                             and video_of[p["anchor_id"]] != video_of[p["positive_id"]] for p in pairs)
     vid = lambda folder: set(pq.read_table(folder, columns=["video_id"]).column("video_id").to_pylist())  # noqa: E731
-    assert vid(out / "data" / "mined" / "hands") <= {v for v, s in splits.items() if s == "pretrain"}
     assert vid(out / "data" / "probe" / "hands") == {v for v, s in splits.items() if s in ("probe", "test")}
     for x in results:
         assert x["test_hands"] == x["eval_samples"]     # the probe and the fine-tuned model score the same hands
-    test_hands = pq.read_table(out / "data" / "probe" / "hands", columns=["video_id"]).column("video_id").to_pylist()
-    assert results[0]["test_hands"] == sum(splits[v] == "test" for v in test_hands)
+    assert results[0]["test_hands"] == sum(splits[v] == "test" for v in video_of.values())
     n_train = len(json.loads((out / "data" / "freihand" / "training_xyz.json").read_text()))
-    mined = pq.read_table(tiny_mine["mine"] / "hands", columns=["video_id"]).column("video_id").to_pylist()
-    assert n_train == sum(splits[v] == "finetune" for v in mined)
+    assert n_train == sum(splits[v] == "finetune" for v in video_of.values())
+    # the FreiHAND export: its K projects its joints onto the mined crop's keypoints (FreiHAND's pixel centres)
+    from simhand_ray.evaluate.datasets import open_dataset
 
-    # the oracle's positives: for each anchor, the other-video pre-training hand nearest by true 3D pose
-    truth = _labels_by_hand(tiny_mine["mine"])
-    pre = set(pq.read_table(out / "data" / "oracle" / "hands", columns=["hand_id"]).column("hand_id").to_pylist())
+    crops = {h["crop_jpeg"]: np.reshape(h["keypoints"], (21, 2))
+             for h in pq.read_table(tiny_mine["mine"] / "hands", columns=["crop_jpeg", "keypoints"]).to_pylist()}
+    for split in (True, False):
+        for rec in open_dataset("freihand", str(out / "data" / "freihand"), "", 0, train=split).records():
+            with open(rec.image_uri, "rb") as f:
+                np.testing.assert_allclose(rec.joints_2d + 0.5, crops[f.read()], atol=1e-3)
+
+    # the mined positive: the first neighbour of the mine's own graph from a pre-training video
+    graph = {r["hand_id"]: r["neighbor_ids"] for r in pq.read_table(tiny_mine["mine"] / "graph").to_pylist()}
+    for p in pq.read_table(out / "data" / "mined" / "pairs", columns=["anchor_id", "positive_id"]).to_pylist():
+        assert p["positive_id"] == next(n for n in graph[p["anchor_id"]] if video_of[n] in pretrain)
+    # the oracle's positive: the other-video pre-training hand nearest by true 3D pose
     for row in pq.read_table(out / "data" / "oracle" / "pairs", columns=["anchor_id", "positive_id"]).to_pylist():
         pose, video = truth[row["anchor_id"]]
-        best = min(_dist(pose, truth[h][0]) for h in pre if truth[h][1] != video)
-        assert truth[row["positive_id"]][1] != video
+        best = min(_dist(pose, p) for h, (p, v) in truth.items() if v in pretrain and v != video)
         assert _dist(pose, truth[row["positive_id"]][0]) == pytest.approx(best, abs=1e-5)
 
     # the same settings again: nothing is re-run; other settings are refused, naming what differs
@@ -272,3 +286,30 @@ def test_compare_options_are_checked_before_anything_runs(tmp_path):
     a = job.build_parser().parse_args(["--mine", "m", "--output", "o", "--preset", "tiny", "--steps", "7"])
     cfg = job.compare_config(a)
     assert cfg.steps == 7 and cfg.image_size == 32 and cfg.seeds == (0,)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_from_a_prepared_folder(tiny_mine, tmp_path):
+    """benchmarks/gpu/compare_device.py as the GPU machine runs it, at toy size: data prepared here, then the job
+    in its own local Ray from a copy of that folder alone (the mine output's videos and hands stay behind);
+    only figures, report, plot and log come back, none of them large."""
+    kit = tmp_path / "kit"
+    script = os.path.join(REPO, "benchmarks", "gpu", "compare_device.py")
+    r = _job([script, "--prepare", str(kit), "--mine", str(tiny_mine["mine"]), "--tiny"], tiny_mine["env"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (kit / "mine" / "hands").exists()
+    env = {k: v for k, v in tiny_mine["env"].items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "out"
+    r = _job([script, "--tiny", "--data", str(kit), "--out", str(out), "--method", "random", "--method", "simclr"],
+             env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    fig = json.loads((out / "figures.json").read_text())
+    assert fig["status"] == "complete" and fig["card"] == "CPU" and fig["preset"] == "tiny"
+    assert [x["method"] for x in fig["records"]] == ["random", "simclr"]
+    assert {p.name for p in out.iterdir()} == {"figures.json", "compare.log", "report.md", "results.json",
+                                               "compare.png"}
+    assert max(p.stat().st_size for p in out.iterdir()) < 5 * 2 ** 20
+    # without a prepared folder: one line saying what is missing, and the figures say it too
+    r = _job([script, "--tiny", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o2")], env)
+    assert r.returncode == 2 and "--prepare" in r.stderr
+    assert json.loads((tmp_path / "o2" / "figures.json").read_text())["status"] == "failed"

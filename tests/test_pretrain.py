@@ -206,6 +206,11 @@ def test_cluster_fit_names_the_flag_to_change():
     assert "need 2 GPU(s); the cluster has 0" in shortfall(cfg(num_workers=2, use_gpu=True), two)
     gpu_node = [{"CPU": 16.0, "GPU": 1.0}, {"CPU": 16.0, "GPU": 1.0}]
     assert shortfall(cfg(num_workers=2, use_gpu=True, cpus_per_worker=4), gpu_node) is None
+    # a share of a GPU per worker: four quarter-GPU workers fit one GPU, four of 0.3 do not
+    one_gpu = [{"CPU": 16.0, "GPU": 1.0}]
+    assert shortfall(cfg(num_workers=4, use_gpu=True, gpus_per_worker=0.25, cpus_per_worker=2), one_gpu) is None
+    assert "need 1.2 GPU(s); the cluster has 1" in shortfall(
+        cfg(num_workers=4, use_gpu=True, gpus_per_worker=0.3, cpus_per_worker=2), one_gpu)
     # a worker's CPUs must sit on one node: two 1.5-CPU nodes hold no 2-CPU worker
     assert "do not fit" in shortfall(cfg(num_workers=1, cpus_per_worker=2), [{"CPU": 1.5}, {"CPU": 1.5}])
     # the stream's task needs a whole CPU on one node, not scraps spread over several

@@ -1,32 +1,38 @@
 """The comparison's data, made once from a mine output (``OUTPUT/data``, a stage of its own):
 
 - ``splits.json``: every video's set (``splits.split_videos``) and the counts;
-- ``mined/``: the pre-training videos' hands, their graph and pairs, mined with the mine output's own graph
-  settings (so no probe, fine-tuning or test video lends a positive);
-- ``oracle/``: the same hands, each hand with a 3D truth paired to the other-video hand nearest by true 3D
-  pose (the ceiling of mining), through the same pairs stage;
-- ``probe/hands``: the probe-fitting and test hands that match a label (the linear probe's rows);
+- ``mined/pairs``: each pre-training hand with its positive from the mine output's own graph, restricted to
+  pre-training videos (the first neighbour in its list from such a video: with the exact index, the nearest
+  one), so no probe, fine-tuning or test video lends a positive;
+- ``oracle/pairs``: each pre-training hand with a 3D truth paired to the other-video pre-training hand nearest
+  by true 3D pose (the ceiling of mining);
+- ``mined/mining``, ``oracle/mining``: the mining probe of both pair sets (``mining_probe``);
+- ``probe/hands`` + ``probe/_truth.npz``: the probe-fitting and test hands that match a label, with their
+  normalised 3D poses (the linear probe's rows; no sidecar is read again);
 - ``freihand/``: the fine-tuning hands (training, in a seeded order so a label fraction is a random subset)
-  and the test hands (evaluation) in FreiHAND's layout, for ``jobs/finetune.py`` and ``jobs/evaluate.py``;
-- ``mined/mining`` and ``oracle/mining``: the mining probe of both pair sets (``mining_probe``).
+  and the test hands (evaluation) in FreiHAND's layout, for fine-tuning and evaluation.
+
+The settings name the mine output by its stages' hashes and counts, not by its path, so a copy of the folder
+elsewhere (another machine) is reused as it is.
 """
 from __future__ import annotations
 
+import io
 import logging
-from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from simhand_ray import schema, storage
 from simhand_ray.compare import truth as tr
 from simhand_ray.compare.mining_probe import evaluate_mining
 from simhand_ray.compare.splits import SETS, split_videos
-from simhand_ray.config import CompareConfig, GraphConfig, from_dict
+from simhand_ray.config import CompareConfig
 from simhand_ray.evaluate.probe import nearest_by_pose
-from simhand_ray.graph.graph_stage import run_graph_stage
-from simhand_ray.graph.pairs import run_pairs_stage
-from simhand_ray.schema import GRAPH
+from simhand_ray.graph.pairs import assemble_pairs
+from simhand_ray.graph.pairs_montage import MONTAGE, write_montage
+from simhand_ray.schema import GRAPH, PAIRS_ROW_GROUP_ROWS
 from simhand_ray.stage import StageManifest
 from simhand_ray.synthetic import freihand_export as fh
 
@@ -34,44 +40,66 @@ log = logging.getLogger(__name__)
 
 STAGE = "compare-data"
 PART = "part-00000.parquet"
+TRUTH = "_truth.npz"
 
 
 def data_settings(cfg: CompareConfig) -> dict:
-    """What shapes the data: the mine output (its stages' hashes) and the split."""
-    hashes = {}
+    """What shapes the data: the mine output (its stages' hashes and counts) and the split."""
+    stages = {}
     for stage, folder in (("label", cfg.mine), ("graph", storage.join(cfg.mine, "graph"))):
         m = StageManifest.read(folder, stage)
         if m is None or not m.complete:
             raise FileNotFoundError(f"no finished {stage} stage in {cfg.mine}: run jobs/mine.py on it first")
-        hashes[stage] = m.config_hash
-    return {"mine": storage.absolute(cfg.mine), "stages": hashes, "split_seed": cfg.split_seed,
-            "fractions": [cfg.pretrain_videos, cfg.probe_videos, cfg.finetune_videos], "dataset": cfg.dataset}
+        stages[stage] = {"hash": m.config_hash, "hands": (m.summary or {}).get("hands")}
+    return {"mine": stages, "split_seed": cfg.split_seed, "dataset": cfg.dataset,
+            "fractions": [cfg.pretrain_videos, cfg.probe_videos, cfg.finetune_videos]}
 
 
-def mine_graph_config(mine: str, output: str) -> GraphConfig:
-    """The graph + pairs settings the mine output was made with, writing to ``output``."""
-    m = StageManifest.require_complete(storage.join(mine, "graph"), "graph", "run jobs/mine.py first")
-    return replace(from_dict(GraphConfig, m.record["config"]), output=output)
+def restricted_positives(graph: pa.Table, keep: set[str]) -> pa.Table:
+    """(anchor_id, positive_id, distance): for every anchor in ``keep``, the first neighbour in its list that is
+    in ``keep`` (anchors with none are left out)."""
+    anchors, positives, dists = [], [], []
+    for h, ids, d in zip(graph.column("hand_id").to_pylist(), graph.column("neighbor_ids").to_pylist(),
+                         graph.column("distances").to_pylist()):
+        if h not in keep:
+            continue
+        j = next((j for j, n in enumerate(ids) if n in keep), None)
+        if j is not None:
+            anchors.append(h)
+            positives.append(ids[j])
+            dists.append(d[j])
+    return pa.table({"anchor_id": pa.array(anchors, pa.string()), "positive_id": pa.array(positives, pa.string()),
+                     "distance": pa.array(dists, pa.float32())})
 
 
-def oracle_graph(hand_ids: pa.Array, video_ids: np.ndarray, poses: np.ndarray, usable: np.ndarray) -> pa.Table:
-    """GRAPH rows: every usable hand with its other-video hand nearest by true 3D pose (``poses`` normalised)."""
-    pool = np.flatnonzero(usable)
-    nn = nearest_by_pose(poses[pool], video_ids[pool])
-    ok = nn >= 0
-    a, b = pool[ok], pool[nn[ok]]
-    dist = tr.pose_distances(poses[a], poses[b]).astype(np.float32)
-    offsets = pa.array(np.arange(len(a) + 1, dtype=np.int32))
-    return pa.table({"hand_id": hand_ids.take(pa.array(a)),
-                     "neighbor_ids": pa.ListArray.from_arrays(offsets, hand_ids.take(pa.array(b))),
-                     "distances": pa.ListArray.from_arrays(offsets, pa.array(dist))}, schema=GRAPH)
+def oracle_positives(hand_ids: np.ndarray, video_ids: np.ndarray, poses: np.ndarray) -> pa.Table:
+    """(anchor_id, positive_id, distance): every hand with its other-video hand nearest by ``poses`` (N, 21, 3)."""
+    nn = nearest_by_pose(poses, video_ids)
+    ok = np.flatnonzero(nn >= 0)
+    return pa.table({"anchor_id": pa.array(hand_ids[ok].tolist(), pa.string()),
+                     "positive_id": pa.array(hand_ids[nn[ok]].tolist(), pa.string()),
+                     "distance": pa.array(tr.pose_distances(poses[ok], poses[nn[ok]]), pa.float32())})
+
+
+def write_pairs(folder: str, positives: pa.Table, hands: pa.Table, seed: int, settings: dict) -> int:
+    """A pairs dataset (``schema.PAIRS``, 256-row groups, rows in a seeded order) with its stage manifest and
+    montage, as the pairs stage writes one; returns the row count."""
+    m = StageManifest.open(folder, "pairs", settings)
+    order = np.random.default_rng(seed).permutation(len(positives))
+    table = assemble_pairs(positives.take(pa.array(order, pa.int64())), hands)
+    storage.write_parquet_atomic(table, storage.join(folder, "pairs-00000.parquet"), m.part_metadata(),
+                                 row_group_rows=PAIRS_ROW_GROUP_ROWS)
+    write_montage(folder, storage.join(folder, MONTAGE), 16)
+    m.finish({"pairs": len(table), "mean_distance": float(pc.mean(table["distance"]).as_py() or 0.0)})
+    return len(table)
 
 
 def freihand_samples(hands: pa.Table, truth: tr.Truth, rows: np.ndarray) -> list[fh.Sample]:
-    """FreiHAND samples of mined hands: the 224 px crop as it is (a right hand), the joints mirrored for a left
-    hand, and K of the crop (the frame's K cut to the crop box, reflected when mirrored)."""
+    """FreiHAND samples of mined hands: the 224 px crop as it is (a right hand), the joints mirrored for a hand
+    the crop mirrored, and K of the crop (the frame's K cut to the crop box, reflected when mirrored)."""
     boxes = hands.column("crop_box").combine_chunks().flatten().to_numpy().reshape(-1, 4)
     mirrored = np.asarray(hands.column("handedness").to_pylist(), dtype=object) == "left"
+    jpegs = hands.column("crop_jpeg")
     out = []
     for i in rows:
         x0, y0, x1, _ = boxes[i]
@@ -81,8 +109,14 @@ def freihand_samples(hands: pa.Table, truth: tr.Truth, rows: np.ndarray) -> list
             xyz[:, 0] *= -1.0
             K[0, 2] = schema.CROP_SIZE - K[0, 2]
         K[:2, 2] -= 0.5     # FreiHAND's K: pixel centres at integers
-        out.append(fh.Sample(hands.column("crop_jpeg")[int(i)].as_py(), xyz, K, ""))
+        out.append(fh.Sample(jpegs[int(i)].as_py(), xyz, K, ""))
     return out
+
+
+def read_truth(folder: str) -> tuple[list[str], np.ndarray]:
+    """(hand_ids, normalised 3D poses (N, 21, 3)) of the probe hands."""
+    z = np.load(io.BytesIO(storage.read_bytes(storage.join(folder, "probe", TRUTH))))
+    return [str(h) for h in z["hand_id"]], z["poses"]
 
 
 def prepare_data(cfg: CompareConfig, folder: str) -> dict:
@@ -92,6 +126,7 @@ def prepare_data(cfg: CompareConfig, folder: str) -> dict:
         return m.summary
     hands = storage.read_parquet(storage.join(cfg.mine, "hands"), schema=schema.HANDS)
     truth = tr.match_truth(hands)
+    ids = np.asarray(hands.column("hand_id").to_pylist(), dtype=object).astype(str)
     videos = np.asarray(hands.column("video_id").to_pylist(), dtype=object).astype(str)
     labelled = sorted(set(videos[truth.matched]))
     if len(labelled) < len(SETS):
@@ -101,37 +136,34 @@ def prepare_data(cfg: CompareConfig, folder: str) -> dict:
     hand_set = np.array([split.get(v, "pretrain") for v in videos], dtype=object)   # unlabelled: pre-training
     pre = hand_set == "pretrain"
 
-    mined, oracle = storage.join(folder, "mined"), storage.join(folder, "oracle")
-    sub = hands.filter(pa.array(pre))
-    for out in (mined, oracle):
-        storage.write_parquet_atomic(sub, storage.join(out, "hands", PART))
-    gcfg = mine_graph_config(cfg.mine, mined)
-    run_graph_stage(gcfg)
-    run_pairs_stage(gcfg)
-    sub_truth = tr.Truth(*(getattr(truth, f)[pre] for f in ("matched", "reason", "poses", "joints", "K", "left")))
-    graph = oracle_graph(sub.column("hand_id").combine_chunks(), videos[pre], sub_truth.poses, sub_truth.matched)
-    gm = StageManifest.open(storage.join(oracle, "graph"), "graph",
-                            {"oracle": "nearest other-video hand by true 3D pose", "hands": data_settings(cfg)})
-    storage.write_parquet_atomic(graph, storage.join(oracle, "graph", PART), gm.part_metadata())
-    gm.finish({"hands": len(graph), "oracle": True})
-    run_pairs_stage(replace(gcfg, output=oracle))
-    mining = {name: evaluate_mining(storage.join(out, "hands"), storage.join(out, "pairs"), storage.join(out, "mining"))
-              for name, out in (("mined", mined), ("oracle", oracle))}
+    graph = storage.read_parquet(storage.join(cfg.mine, "graph"), schema=GRAPH)
+    mined = restricted_positives(graph, set(ids[pre]))
+    usable = pre & truth.matched
+    oracle = oracle_positives(ids[usable], videos[usable], truth.poses[usable])
+    source = {"mine": data_settings(cfg)["mine"], "split_seed": cfg.split_seed}
+    pairs = {}
+    for name, positives in (("mined", mined), ("oracle", oracle)):
+        pairs[name] = write_pairs(storage.join(folder, name, "pairs"), positives, hands, cfg.split_seed,
+                                  {**source, "positives": name})
+    pool = hands.filter(pa.array(pre))      # random and oracle hands come from the pre-training videos too
+    mining = {name: evaluate_mining(pool, storage.join(folder, name, "pairs"), storage.join(folder, name, "mining"))
+              for name in pairs}
 
-    probe_rows = np.isin(hand_set, ["probe", "test"]) & truth.matched
-    storage.write_parquet_atomic(hands.filter(pa.array(probe_rows)), storage.join(folder, "probe", "hands", PART))
+    probe_rows = np.flatnonzero(np.isin(hand_set, ["probe", "test"]) & truth.matched)
+    storage.write_parquet_atomic(hands.take(pa.array(probe_rows)), storage.join(folder, "probe", "hands", PART))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, hand_id=ids[probe_rows], poses=truth.poses[probe_rows])
+    storage.write_bytes_atomic(storage.join(folder, "probe", TRUTH), buf.getvalue())
     counts = {s: {"videos": int(sum(1 for v in split.values() if v == s)), "hands": int((hand_set == s).sum()),
                   "hands_with_truth": int(((hand_set == s) & truth.matched).sum())} for s in SETS}
     counts["pretrain"]["unlabelled_videos"] = len(set(videos) - set(labelled))
     if not cfg.dataset:
-        rng = np.random.default_rng(cfg.split_seed)
-        train = rng.permutation(np.flatnonzero((hand_set == "finetune") & truth.matched))
+        train = np.random.default_rng(cfg.split_seed).permutation(np.flatnonzero((hand_set == "finetune") & truth.matched))
         test = np.flatnonzero((hand_set == "test") & truth.matched)
-        root = storage.join(folder, "freihand")
         for name, rows in (("training", train), ("evaluation", test)):
-            fh.write_split(root, name, freihand_samples(hands, truth, rows))
+            fh.write_split(storage.join(folder, "freihand"), name, freihand_samples(hands, truth, rows))
     storage.write_json_atomic(storage.join(folder, "splits.json"), {"videos": split, "counts": counts})
-    summary = {"counts": counts, "truth": truth.counts(), "mining": mining,
-               "pairs": {"mined": mining["mined"]["pairs"], "oracle": mining["oracle"]["pairs"]}}
+    summary = {"counts": counts, "truth": truth.counts(), "mining": mining, "pairs": pairs,
+               "anchors_without_positive": int(pre.sum() - pairs["mined"])}
     m.finish(summary)
     return summary

@@ -90,7 +90,7 @@ def run_compare(cfg: CompareConfig, preset: str = "") -> dict:
     for seed in cfg.seeds:
         trunks = {m: "" if m == "random" else storage.join(cfg.output, "runs", "pretrain", f"{m}-s{seed}", "trunk.pt")
                   for m in cfg.methods}
-        probes = probe_trunks(cfg, storage.join(data_dir, "probe", "hands"), fit_videos, trunks, seed,
+        probes = probe_trunks(cfg, data_dir, fit_videos, trunks, seed,
                               storage.join(cfg.output, "runs", "probe", f"s{seed}"))
         log.info("linear probe, seed %d: %s", seed, ", ".join(f"{m} {p['probe_error']:.3f}" for m, p in probes.items()))
         for m in cfg.methods:

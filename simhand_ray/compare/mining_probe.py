@@ -70,11 +70,14 @@ def read_pairs(pairs_uri: str) -> pa.Table:
     return storage.read_parquet(pairs_uri, columns=["anchor_id", "positive_id"], schema=schema.PAIRS)
 
 
-def evaluate_mining(hands_uri: str, pairs_uri: str, output: str, seed: int = 0) -> dict:
-    """Judge the pairs of ``pairs_uri`` (mined from ``hands_uri``) against the sidecar labels of the hands'
-    videos; writes MINING_JSON, MINING_PARQUET and MINING_PNG under ``output`` and returns the figures."""
+def evaluate_mining(hands: str | pa.Table, pairs_uri: str, output: str, seed: int = 0) -> dict:
+    """Judge the pairs of ``pairs_uri`` against the sidecar labels of the hands' videos; ``hands`` (a hands
+    dataset's URI, or its table) holds every hand of the pairs and is the pool the random and oracle hands are
+    drawn from. Writes MINING_JSON, MINING_PARQUET and MINING_PNG under ``output``; returns the figures."""
     storage.check_writable(output)
-    hands = storage.read_parquet(hands_uri, columns=HAND_COLUMNS, schema=schema.HANDS)
+    hands_uri = hands if isinstance(hands, str) else "(table)"
+    if isinstance(hands, str):
+        hands = storage.read_parquet(hands, columns=HAND_COLUMNS, schema=schema.HANDS)
     pairs = read_pairs(pairs_uri)
     truth = tr.match_truth(hands)
     row_of = {h: i for i, h in enumerate(hands.column("hand_id").to_pylist())}
@@ -82,7 +85,7 @@ def evaluate_mining(hands_uri: str, pairs_uri: str, output: str, seed: int = 0) 
     p = np.array([row_of.get(h, -1) for h in pairs.column("positive_id").to_pylist()], np.int64)
     if (a < 0).any() or (p < 0).any():
         raise ValueError(f"{int((a < 0).sum() + (p < 0).sum())} hands of the pairs at {pairs_uri} are not in "
-                         f"{hands_uri}: give the hands the pairs were mined from")
+                         f"the hands {hands_uri}: give the hands the pairs were mined from")
     video_ids = np.asarray(hands.column("video_id").to_pylist(), dtype=object).astype(str)
     ok = truth.matched[a] & truth.matched[p]
     d = judge_pairs(a[ok], p[ok], truth.poses, video_ids, truth.matched, seed)

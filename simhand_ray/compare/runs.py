@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from simhand_ray import schema, storage
-from simhand_ray.compare import truth as tr
 from simhand_ray.compare.linear_probe import linear_probe
 from simhand_ray.config import (CompareConfig, FinetuneConfig, PoseEvalConfig, PretrainConfig, ProbeConfig,
                                 from_dict, sectioned)
@@ -45,7 +44,8 @@ def pretrain_config(cfg: CompareConfig, method: str, seed: int, pairs: str, fold
     """Every method with the same steps, batch, view size, schedule and optimiser; checkpoints 4 times a run."""
     return sectioned(PretrainConfig, pairs=pairs, output=folder, seed=seed, method=pretrain_method(method),
                      arch=cfg.arch, batch_size=cfg.batch_size, max_steps=cfg.steps, image_size=cfg.image_size,
-                     num_workers=1, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_run, resume=True,
+                     num_workers=1, use_gpu=cfg.use_gpu, gpus_per_worker=cfg.gpus_per_run,
+                     cpus_per_worker=cfg.cpus_per_run, resume=True,
                      checkpoint_every=max(1, cfg.steps // 4), log_every=max(1, cfg.steps // 10))
 
 
@@ -59,7 +59,7 @@ def finetune_config(cfg: CompareConfig, trunk: str, seed: int, fraction: float, 
                           max_steps=cfg.finetune_steps, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr,
                           warmup_epochs=min(1.0, 0.1 * cfg.finetune_steps / per_epoch),
                           max_samples=samples if fraction < 1 else 0, seed=seed, use_gpu=cfg.use_gpu,
-                          cpus_per_worker=cfg.cpus_per_run)
+                          gpus_per_worker=cfg.gpus_per_run, cpus_per_worker=cfg.cpus_per_run)
 
 
 def is_done(run: Run) -> bool:
@@ -90,8 +90,8 @@ def execute(kind: str, config: dict, eval_config: dict | None = None) -> dict:
 
 
 def parallel_runs(cfg: CompareConfig) -> int:
-    """Runs side by side: ``parallel_runs``, else what the cluster holds (a GPU per run, or a worker's CPUs
-    plus one for its stream)."""
+    """Runs side by side: ``parallel_runs``, else what the cluster holds (``gpus_per_run`` of a GPU and a
+    worker's CPUs plus one for its stream, per run)."""
     import ray
 
     if cfg.parallel_runs:
@@ -99,7 +99,7 @@ def parallel_runs(cfg: CompareConfig) -> int:
     res = ray.cluster_resources()
     by_cpu = int(res.get("CPU", 1) // (cfg.cpus_per_run + 1))
     if cfg.use_gpu:
-        return max(1, min(int(res.get("GPU", 0)), by_cpu))
+        return max(1, min(int(res.get("GPU", 0) / cfg.gpus_per_run + 1e-9), by_cpu))
     return max(1, by_cpu)
 
 
@@ -131,29 +131,30 @@ def run_all(runs: list[Run], parallel: int, on_done) -> None:
         on_done(r, result, time.time() - t0)
 
 
-def probe_trunks(cfg: CompareConfig, hands: str, fit_videos: set[str], trunks: dict[str, str], seed: int,
+def probe_trunks(cfg: CompareConfig, data: str, fit_videos: set[str], trunks: dict[str, str], seed: int,
                  folder: str) -> dict:
-    """Linear probes of every trunk ({method: trunk.pt, or '' for random init}) of one seed, fitted on the
-    hands of ``fit_videos`` and scored on the other ``hands``: {method: linear_probe(...)}; cached in
-    ``folder/probe.json``."""
+    """Linear probes of every trunk ({method: trunk.pt, or '' for random init}) of one seed on the data's probe
+    hands, fitted on those of ``fit_videos`` and scored on the others (the test videos):
+    {method: linear_probe(...)}; cached in ``folder/probe.json``."""
+    from simhand_ray.compare.data import read_truth
     from simhand_ray.evaluate.retrieval import embed_hands
 
-    key = storage.config_hash({"trunks": trunks, "seed": seed, "hands": hands, "fit": sorted(fit_videos),
-                               "size": cfg.image_size, "arch": cfg.arch})
+    hands = storage.join(data, "probe", "hands")
+    key = storage.config_hash({"trunks": trunks, "seed": seed, "fit": sorted(fit_videos), "size": cfg.image_size,
+                               "arch": cfg.arch})
     uri = storage.join(folder, PROBE_JSON)
     if storage.exists(uri) and (old := storage.read_json(uri)).get("key") == key:
         return old["probes"]
-    table = storage.read_parquet(hands, columns=["hand_id", "video_id", "uri", "frame_index", "handedness",
-                                                 "keypoints", "crop_box"], schema=schema.HANDS)
-    truth = tr.match_truth(table)
-    videos = np.asarray(table.column("video_id").to_pylist(), dtype=object).astype(str)
+    ids, poses = read_truth(data)
+    table = storage.read_parquet(hands, columns=["hand_id", "video_id"], schema=schema.HANDS)
+    video_of = dict(zip(table.column("hand_id").to_pylist(), table.column("video_id").to_pylist()))
+    videos = np.array([video_of[h] for h in ids], dtype=object).astype(str)
     is_fit = np.isin(videos, sorted(fit_videos))
-    ids = [str(h) for h in table.column("hand_id").to_pylist()]
     pcfg = ProbeConfig(hands=hands, output=folder, input_size=cfg.image_size, seed=seed, use_gpu=cfg.use_gpu,
                        batch_size=256 if cfg.use_gpu else 64)
     names = list(trunks)
     feats = embed_hands(pcfg, ids, [(trunks[n], cfg.arch) for n in names])
-    probes = {n: linear_probe(f[is_fit], truth.poses[is_fit], videos[is_fit], f[~is_fit], truth.poses[~is_fit])
+    probes = {n: linear_probe(f[is_fit], poses[is_fit], videos[is_fit], f[~is_fit], poses[~is_fit])
               for n, f in zip(names, feats)}
     storage.write_json_atomic(uri, {"key": key, "probes": probes, "trunks": trunks, "seed": seed})
     return probes

@@ -70,7 +70,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     spec = preprocess.crop_spec(cfg.input_size, cfg.crop_scale, cfg.augment)
     ds = records_dataset(records, spec, augment=cfg.augment, shuffle=True, seed=cfg.seed)
     ds = ds.select_columns(["image", "uv", "xyz", "visible"])        # tensors only (ids are strings)
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     fs, path = storage.resolve(storage.join(cfg.output, "_ray_train"))
     trainer = TorchTrainer(
         train_loop, train_loop_config={"cfg": asdict(cfg), "plan": plan},

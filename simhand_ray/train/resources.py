@@ -25,21 +25,21 @@ class ClusterTooSmallError(RuntimeError):
 
 def worker_bundle(cfg: PretrainConfig) -> dict[str, float]:
     """The resources of one training worker (Ray Train's ``resources_per_worker``)."""
-    return {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
+    return {"CPU": cfg.run.cpus_per_worker, **({"GPU": cfg.run.gpus_per_worker} if cfg.run.use_gpu else {})}
 
 
 def place_workers(cfg: PretrainConfig, nodes: list[dict]) -> tuple[int, list[float]]:
     """Pack the workers onto ``nodes`` ({"CPU", "GPU"} totals each), fullest GPU nodes first.
 
     Returns (workers placed, CPUs left per node). A worker needs ``cpus_per_worker`` CPUs and, with
-    ``use_gpu``, one GPU, all on one node.
+    ``use_gpu``, ``gpus_per_worker`` of a GPU, all on one node.
     """
     left = [float(n.get("CPU", 0)) for n in nodes]
     gpus = [float(n.get("GPU", 0)) for n in nodes]
     placed = 0
     for i in sorted(range(len(nodes)), key=lambda i: (-gpus[i], -left[i])):
         by_cpu = math.floor(left[i] / cfg.run.cpus_per_worker + 1e-9) if cfg.run.cpus_per_worker > 0 else cfg.run.num_workers
-        by_gpu = math.floor(gpus[i] + 1e-9) if cfg.run.use_gpu else cfg.run.num_workers
+        by_gpu = math.floor(gpus[i] / cfg.run.gpus_per_worker + 1e-9) if cfg.run.use_gpu else cfg.run.num_workers
         take = max(0, min(cfg.run.num_workers - placed, by_cpu, by_gpu))
         left[i] -= take * cfg.run.cpus_per_worker
         placed += take
@@ -52,12 +52,13 @@ def shortfall(cfg: PretrainConfig, nodes: list[dict]) -> str | None:
     gpus = sum(float(n.get("GPU", 0)) for n in nodes)
     placed, left = place_workers(cfg, nodes)
     ask = (f"{cfg.run.num_workers} training worker(s) x ({cfg.run.cpus_per_worker:g} CPU"
-           f"{' + 1 GPU' if cfg.run.use_gpu else ''}) (--num-workers {cfg.run.num_workers}, "
+           f"{f' + {cfg.run.gpus_per_worker:g} GPU' if cfg.run.use_gpu else ''}) (--num-workers {cfg.run.num_workers}, "
            f"--cpus-per-worker {cfg.run.cpus_per_worker:g}{', --use-gpu' if cfg.run.use_gpu else ''})")
     if placed < cfg.run.num_workers:
-        if cfg.run.use_gpu and gpus < cfg.run.num_workers:
-            return (f"{ask} need {cfg.run.num_workers} GPU(s); the cluster has {gpus:g}: lower --num-workers, "
-                    "drop --use-gpu, or add GPU nodes")
+        need = cfg.run.num_workers * cfg.run.gpus_per_worker
+        if cfg.run.use_gpu and gpus < need - 1e-9:
+            return (f"{ask} need {need:g} GPU(s); the cluster has {gpus:g}: lower --num-workers or "
+                    "--gpus-per-worker, drop --use-gpu, or add GPU nodes")
         return (f"{ask} do not fit on the cluster's nodes ({len(nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs): "
                 "lower --num-workers or --cpus-per-worker, or add nodes")
     if max(left, default=0.0) < DATA_TASK_CPUS - 1e-9:
