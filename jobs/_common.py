@@ -82,8 +82,9 @@ def _option(f: dataclasses.Field, dest: str, default):
         kw.update(action=argparse.BooleanOptionalAction if default else "store_true", default=default)
     elif kind.startswith("tuple[str"):
         kw.update(action="append", default=[])
-    elif kind.startswith(("tuple[int", "tuple[float")):
-        kw.update(nargs="+", type=NUMBER_TYPES[kind[6:].split(",")[0].strip(" .]")], default=default)
+    elif kind.startswith(("tuple[int", "tuple[float")):     # one or more numbers: --seeds 0 1 2
+        number, bounds = NUMBER_TYPES[kind[6:].split(",")[0].strip(" .]")], meta.get("bounds")
+        kw.update(nargs="+", type=NumberArg(number, bounds) if bounds else number, default=default)
     elif kind in ("int", "float"):
         bounds = meta.get("bounds")
         kw.update(type=NumberArg(NUMBER_TYPES[kind], bounds) if bounds else NUMBER_TYPES[kind], default=default)

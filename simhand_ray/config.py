@@ -80,7 +80,8 @@ def check_fields(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if (bounds := f.metadata.get("bounds")) is not None:
-            bounds.check(f.name, value)
+            for v in value if isinstance(value, (tuple, list)) else (value,):   # a list option: every value
+                bounds.check(f.name, v)
         if (choices := f.metadata.get("choices")) and value not in choices:
             raise ValueError(f"{f.name} must be one of {' | '.join(map(str, choices))}, got {value!r}")
 
@@ -680,13 +681,14 @@ class CompareConfig:
     output: str = opt("", "output directory or s3:// prefix", cli=False)
     methods: tuple[str, ...] = opt(COMPARE_METHODS, "methods to compare (repeatable): "
                                    + " | ".join(COMPARE_METHODS), flag="--method")
-    seeds: tuple[int, ...] = opt((0, 1), "seeds of every pre-training and fine-tuning run", flag="--seeds")
+    seeds: tuple[int, ...] = opt((0, 1), "seeds of every pre-training and fine-tuning run", bounds=Bounds(0),
+                                 flag="--seeds")
     arch: str = opt("resnet18", "torchvision ResNet trunk", choices=PRETRAIN_ARCHS)
     image_size: int = opt(48, "side of the views and crops (pixels)", bounds=Bounds(16))
     batch_size: int = opt(32, "pre-training global batch (pairs)", bounds=Bounds(2))
     steps: int = opt(500, "pre-training steps of every method", bounds=Bounds(1))
     label_fractions: tuple[float, ...] = opt((1.0,), "fine-tuning label fractions (of the fine-tuning set)",
-                                             flag="--label-fractions")
+                                             bounds=Bounds(0, 1, lo_open=True), flag="--label-fractions")
     finetune_steps: int = opt(100, "fine-tuning steps at every label fraction (0 = no fine-tuning)", bounds=Bounds(0))
     finetune_batch_size: int = opt(16, "fine-tuning batch", bounds=Bounds(2))
     finetune_lr: float = opt(5e-4, "fine-tuning AdamW peak lr", bounds=Bounds(0, lo_open=True))
@@ -713,10 +715,8 @@ class CompareConfig:
         bad = [m for m in self.methods if m not in COMPARE_METHODS]
         if bad or not self.methods:
             raise ValueError(f"methods must be among {' | '.join(COMPARE_METHODS)}, got {list(self.methods)}")
-        if not self.seeds or min(self.seeds) < 0:
-            raise ValueError(f"seeds must be one or more integers >= 0, got {list(self.seeds)}")
-        if not self.label_fractions or not all(0 < f <= 1 for f in self.label_fractions):
-            raise ValueError(f"label_fractions must be in (0, 1], got {list(self.label_fractions)}")
+        if not self.seeds or not self.label_fractions:
+            raise ValueError("seeds and label_fractions need one value at least")
         if self.pretrain_videos + self.probe_videos + self.finetune_videos >= 1:
             raise ValueError("pretrain_videos + probe_videos + finetune_videos must leave videos for the test set")
         if self.dataset and not self.data_root:

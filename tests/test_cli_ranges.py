@@ -13,6 +13,7 @@ JOBS = {  # job -> its required arguments (all it needs to parse)
     "finetune": ["--data-root", "data", "--output", "out"],
     "evaluate": [],
     "synth": ["--output", "out"],
+    "compare": ["--mine", "mine", "--output", "out"],
 }
 
 MODULES = {name: load_job(name) for name in JOBS}      # loading a job puts jobs/ on sys.path
@@ -90,6 +91,7 @@ def test_range_ends_are_accepted(name):
         b, kind = a.type.bounds, a.type.kind
         for end in ([] if b.lo is None or b.lo_open else [b.lo]) + ([] if b.hi is None else [b.hi]):
             value = getattr(p.parse_args(JOBS[name] + [a.option_strings[0], str(kind(end))]), a.dest)
+            value = value[0] if a.nargs == "+" else value        # a list option (--seeds 0 1): its first value
             assert value == end and type(value) is kind, a.option_strings
 
 
