@@ -40,9 +40,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _plain(d: dict) -> dict:
+    """Settings as the manifest stores them (a JSON round trip: tuples become lists)."""
+    return json.loads(json.dumps(d, default=str))
+
+
 def settings_diff(before: dict, now: dict, show: int = 8) -> str:
     """"k: old -> new, ..." over the (nested) settings that differ; keys only one side has are shown too."""
-    a, b = _flatten(before), _flatten(now)
+    a, b = _flatten(_plain(before)), _flatten(_plain(now))   # values, not containers: (0.9, 1.5) == [0.9, 1.5]
     keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
     parts = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:show]]
     return ", ".join(parts) + (f", ... ({len(keys) - show} more)" if len(keys) > show else "")

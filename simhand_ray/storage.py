@@ -205,7 +205,7 @@ def open_parquet(uri: str):
     Parquet, whether its footer or a page read inside the block is corrupt, raises ValueError naming it."""
     fs, path = resolve(uri)
     with naming_parquet(uri), fs.open_input_file(path) as fh:
-        yield pq.ParquetFile(fh)
+        yield pq.ParquetFile(fh, page_checksum_verification=True)
 
 
 def open_input_file(uri: str):
@@ -281,7 +281,8 @@ def write_parquet_atomic(table: pa.Table, uri: str, metadata: dict | None = None
         meta.update({k.encode(): json.dumps(v).encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(meta)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_rows)
+    # page checksums (CRC32), verified by this module's readers: a flipped byte is an error naming the file
+    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_rows, write_page_checksum=True)
     write_bytes_atomic(uri, buf.getvalue())
 
 
@@ -300,7 +301,7 @@ def read_parquet(uri: str, columns: list[str] | None = None, schema: pa.Schema |
     for f in files:
         ffs, fpath = resolve(f)
         with naming_parquet(f):
-            tables.append(pq.read_table(fpath, filesystem=ffs, columns=columns))
+            tables.append(pq.read_table(fpath, filesystem=ffs, columns=columns, page_checksum_verification=True))
     if schema is not None:
         target = schema if columns is None else pa.schema([schema.field(c) for c in columns])
         tables = [t.select(target.names).cast(target) for t in tables]

@@ -58,3 +58,11 @@ def test_read_parquet_names_a_corrupt_file_among_good_ones(root):
     with pytest.raises(FileNotFoundError):
         with storage.open_parquet(storage.join(root, "t", "missing.parquet")):
             pass
+
+
+def test_settings_difference_compares_values_not_containers():
+    from simhand_ray.stage import settings_diff
+
+    before = {"augment": {"crop_margin": [0.9, 1.5], "size": 64}, "seed": 0}
+    now = {"augment": {"crop_margin": (0.9, 1.5), "size": 128}, "seed": 0}
+    assert settings_diff(before, now) == "augment.size: 64 -> 128"
