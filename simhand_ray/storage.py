@@ -50,15 +50,15 @@ def s3_endpoint() -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _s3_filesystem(endpoint: str | None, region: str | None, key: str | None, secret: str | None,
-                   token: str | None) -> pafs.S3FileSystem:
+def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    """An S3 filesystem that holds no credential: the AWS SDK finds them where the filesystem is used (the
+    environment, ``~/.aws``, the instance profile), so one pickled into a Ray task or ``RunConfig`` carries
+    only the region and the endpoint (README, "Credentials")."""
     kwargs: dict = {"region": region or "us-east-1", "connect_timeout": 10, "request_timeout": 60}
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
         kwargs["endpoint_override"] = parsed.netloc
         kwargs["scheme"] = parsed.scheme or "http"
-    if key and secret:
-        kwargs.update(access_key=key, secret_key=secret, session_token=token)
     return pafs.S3FileSystem(**kwargs)
 
 
@@ -66,10 +66,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """URI -> (filesystem, path inside it). Plain paths are made absolute."""
     uri = str(uri)
     if is_s3(uri):
-        fs = _s3_filesystem(
-            s3_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-            os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            os.environ.get("AWS_SESSION_TOKEN"))
+        fs = _s3_filesystem(s3_endpoint(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
         return fs, uri[len("s3://"):].rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
