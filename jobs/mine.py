@@ -13,6 +13,7 @@ from _common import HelpFormatter, add_config_args, config_from_args, init_ray, 
 
 from simhand_ray.config import LabelConfig
 from simhand_ray.config import GraphConfig
+from simhand_ray.stage import StageRefused
 
 log = logging.getLogger("simhand.mine")
 STAGES = ("label", "graph", "pairs", "all")
@@ -83,15 +84,19 @@ def main(argv=None) -> int:
     if init_ray(a.num_cpus) and cfg is not None:    # joined to a cluster, which may autoscale to fit them
         log_label_requests(cfg)
     summaries = {}
-    if a.stage in ("label", "all"):
-        from simhand_ray.mining.label_stage import run_label_stage
-        summaries["label"] = run_label_stage(cfg)
-    if a.stage in ("graph", "all"):
-        from simhand_ray.graph.graph_stage import run_graph_stage
-        summaries["graph"] = run_graph_stage(gcfg)
-    if a.stage in ("pairs", "all"):
-        from simhand_ray.graph.pairs import run_pairs_stage
-        summaries["pairs"] = run_pairs_stage(gcfg)
+    try:
+        if a.stage in ("label", "all"):
+            from simhand_ray.mining.label_stage import run_label_stage
+            summaries["label"] = run_label_stage(cfg)
+        if a.stage in ("graph", "all"):
+            from simhand_ray.graph.graph_stage import run_graph_stage
+            summaries["graph"] = run_graph_stage(gcfg)
+        if a.stage in ("pairs", "all"):
+            from simhand_ray.graph.pairs import run_pairs_stage
+            summaries["pairs"] = run_pairs_stage(gcfg)
+    except StageRefused as e:       # another run's output, or settings the data or the cluster cannot run
+        log.error("%s", e)
+        return 2
     log.info("summary: %s (each stage's full summary: _manifest.json in its folder)", summary_line(summaries))
     return 0
 

@@ -409,7 +409,7 @@ class RunConfig:
     gpus_per_worker: float = opt(1.0, "with --use-gpu: the share of a GPU each worker takes (0.25: four small runs "
                                  "side by side on one GPU)", bounds=Bounds(0, 1, lo_open=True))
     cpus_per_worker: float = opt(1.0, "CPUs each training worker reserves; the rest of the cluster augments data",
-                                 bounds=Bounds(0))
+                                 bounds=Bounds(0, lo_open=True))
     amp: bool = opt(True, "mixed precision on GPU (--no-amp: float32)")
     amp_dtype: str = opt("bfloat16", "float16 uses a GradScaler", choices=("bfloat16", "float16"))
     channels_last: bool = opt(True, "model and inputs in channels_last on CUDA (tensor-core friendly)")
@@ -552,7 +552,7 @@ class FinetuneConfig:
     num_workers: int = opt(1, "Ray Train workers (DDP world size)", bounds=Bounds(1))
     use_gpu: bool = opt(False, "one GPU per worker")
     gpus_per_worker: float = opt(1.0, "with --use-gpu: the share of a GPU each worker takes", bounds=Bounds(0, 1, lo_open=True))
-    cpus_per_worker: float = opt(1.0, bounds=Bounds(0))
+    cpus_per_worker: float = opt(1.0, "CPUs each worker reserves", bounds=Bounds(0, lo_open=True))
     amp: bool = opt(True, "bfloat16 autocast on GPU")
     resume: bool = opt(True, "continue from --output's checkpoint if it holds one")
 

@@ -26,7 +26,11 @@ LEGACY_MANIFESTS = ("manifest.json", "label_manifest.json", "pretrain.json")
 STATUSES = ("running", "complete", "incomplete", "stopped")
 
 
-class StageMismatch(ValueError):
+class StageRefused(ValueError):
+    """A run refused before it wrote anything; the message names what to change (the jobs exit 2 with it)."""
+
+
+class StageMismatch(StageRefused):
     """An output folder that holds another run: other settings, another stage, or an older version's layout."""
 
 

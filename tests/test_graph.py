@@ -348,3 +348,30 @@ def test_a_damaged_copy_of_a_video_is_not_paired_with_its_original(copies_mined)
     for a, b in near:
         assert t[b]["hand_id"] not in neighbours[t[a]["hand_id"]]
         assert t[a]["hand_id"] not in neighbours[t[b]["hand_id"]]
+
+
+def test_settings_beyond_the_data_or_the_cluster(ray_cluster, tmp_path):
+    """A k far above the number of hands gives the graph of k = that number at once (no k-sized buffer), and
+    more shards than the cluster's CPUs can hold is refused before anything is written, naming --shards."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    from simhand_ray.stage import MANIFEST, StageRefused
+
+    kp, video = pose_hands(4, 5, seed=9)
+    big, small = str(tmp_path / "big"), str(tmp_path / "small")
+    for out in (big, small):
+        write_hands(out, hands_table(kp, video))
+    t = time.time()
+    run_graph_stage(graph_config(big, k=10 ** 9))
+    assert time.time() - t < 60
+    run_graph_stage(graph_config(small, k=20))
+    read = lambda out: pq.read_table(os.path.join(out, "graph")).sort_by("hand_id").select(  # noqa: E731
+        ["hand_id", "neighbor_ids"]).to_pylist()
+    assert read(big) == read(small)
+    refused = str(tmp_path / "refused")
+    write_hands(refused, hands_table(kp, video))
+    with pytest.raises(StageRefused, match=r"--shards 500 .* lower --shards"):
+        run_graph_stage(graph_config(refused, shards=500))
+    assert not os.path.exists(os.path.join(refused, "graph", MANIFEST))

@@ -25,7 +25,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +37,7 @@ from simhand_ray.graph.descriptors import Descriptors, fit_pca, hand_descriptors
 from simhand_ray.graph.duplicates import CropHashes, crop_hashes
 from simhand_ray.graph.knn import ShardedKnn, shard_bounds, video_ranges
 from simhand_ray.schema import GRAPH, HANDS, keypoints_array
-from simhand_ray.stage import StageManifest
+from simhand_ray.stage import StageManifest, StageRefused
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,22 @@ def write_excluded(graph_uri: str, hand_ids: pa.Array, desc: Descriptors, metada
     return excluded
 
 
+#: Shard actors per CPU of the cluster at most: each takes a quarter CPU at least (more start hundreds of workers).
+SHARDS_PER_CPU = 4
+
+
+def check_feasible(cfg: GraphConfig) -> None:
+    """``StageRefused`` naming the flag, before anything is written, for settings the cluster cannot run: more
+    shards than its CPUs can hold at once. (A ``k`` above the number of hands is searched as that number: no
+    hand has more neighbours, so the graph is the same and nothing of size ``k`` is allocated.)"""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0) if ray.is_initialized() else 0
+    if cpus and cfg.index.shards > SHARDS_PER_CPU * cpus:
+        raise StageRefused(f"--shards {cfg.index.shards} is more than the cluster's {cpus:g} CPUs can hold at once "
+                         f"(at most {int(SHARDS_PER_CPU * cpus)}, a quarter CPU each): lower --shards")
+
+
 def run_graph_stage(cfg: GraphConfig) -> dict:
     """output/hands -> output/graph (module docstring). Same settings and hands as a finished graph: reused;
     as an unfinished one: only the missing parts are computed; other settings: ``StageMismatch``."""
@@ -159,6 +175,7 @@ def run_graph_stage(cfg: GraphConfig) -> dict:
     hands_uri, graph_uri = storage.join(cfg.output, "hands"), storage.join(cfg.output, "graph")
     hands = load_sorted_hands(hands_uri)
     n = len(hands)
+    check_feasible(cfg)
     hand_ids = hands["hand_id"].combine_chunks()
     kp = keypoints_array(hands["keypoints"]) if n else np.zeros((0, 21, 2), np.float32)
     crop_hash = hands["crop_hash"].to_numpy(zero_copy_only=False).astype(np.uint64)
@@ -201,7 +218,9 @@ def run_graph_stage(cfg: GraphConfig) -> dict:
     workers: list[dict] = []
     if todo:
         t0 = time.perf_counter()
-        with ShardedKnn(x, lo, hi, cfg, crops=crops) as knn:
+        # no hand has more than m_valid - 1 neighbours: a larger k searches as that, with the same graph
+        search = replace(cfg, index=replace(idx, k=max(1, min(idx.k, m_valid))))
+        with ShardedKnn(x, lo, hi, search, crops=crops) as knn:
             build_s = time.perf_counter() - t0
             for i, uri in enumerate(todo):
                 a, b = parts[uri]
