@@ -219,10 +219,14 @@ def test_compare_tiny_end_to_end_killed_and_resumed(tiny_mine):
     finished_at_kill = json.loads(first.read_text())["finished"]
     assert not (out / "results.json").exists()
 
-    r = _job(cmd[1:], tiny_mine["env"], timeout=600)
+    # run again, two runs at a time (how runs share the cluster is not a setting of the comparison)
+    r = _job(cmd[1:] + ["--parallel-runs", "2", "--cpus-per-run", "0.5"], tiny_mine["env"], timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert "pretrain simclr s0: loss" in r.stderr and "(done before)" in r.stderr
+    assert "pretrain simclr s0: loss" in r.stderr and "(done before)" in r.stderr and "2 at a time" in r.stderr
     assert json.loads(first.read_text())["finished"] == finished_at_kill       # not run again
+    spans = sorted((m["created"], m["finished"]) for m in (json.loads(p.read_text()) for p in
+                   (out / "runs").glob("*/*/_manifest.json")) if m["created"] > finished_at_kill)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans          # two runs side by side
     results = json.loads((out / "results.json").read_text())["records"]
     assert [x["method"] for x in results] == ["random", "simclr", "peclr", "simhand", "simhand-w", "oracle"]
     for x in results:

@@ -52,7 +52,7 @@ def run(command: str, out_demo: str) -> subprocess.CompletedProcess:
 def test_make_demo_and_the_readme_next_steps_run_as_written(tmp_path):
     out = str(tmp_path / "demo")
     recipe, steps = demo_recipe(), readme_next()
-    assert len(recipe) == 2 and len(steps) == 3
+    assert len(recipe) == 2 and len(steps) == 4
     logs = [run(command, out) for command in recipe]
     mine_log = logs[1].stdout + logs[1].stderr          # a normal run, output not a terminal
     for redraw in ("\r", "\x1b[A", "\x1b[K", "\x1b[2K"):        # progress-bar redraws, cursor up, erase line
@@ -76,4 +76,6 @@ def test_make_demo_and_the_readme_next_steps_run_as_written(tmp_path):
         run(command, out)
     assert os.path.exists(os.path.join(out, "pretrain", "trunk.pt"))
     assert storage.list_files(os.path.join(out, "probe"))
+    mining = storage.read_json(os.path.join(out, "mining", "mining.json"))    # the demo's pairs against 3D truth
+    assert mining["oracle"] < mining["mined"] < mining["random"] and mining["hands"]["unmatched"]["no_sidecar"] > 0
     assert os.path.exists(os.path.join(out, "synth-freihand", "freihand", "evaluation_xyz.json"))
