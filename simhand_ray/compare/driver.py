@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from simhand_ray import storage
 from simhand_ray.compare import report
 from simhand_ray.compare.data import prepare_data
-from simhand_ray.compare.runs import parallel_runs, plan_runs, probe_trunks, run_all
+from simhand_ray.compare.runs import checkpoint_trunks, parallel_runs, plan_runs, probe_trunks, run_all
 from simhand_ray.config import CompareConfig
 from simhand_ray.stage import StageManifest
 
@@ -86,13 +86,20 @@ def run_compare(cfg: CompareConfig, preset: str = "") -> dict:
 
     fit_videos = {v for v, s in storage.read_json(storage.join(data_dir, "splits.json"))["videos"].items()
                   if s == "probe"}
-    records = []
+    records, steps = [], []
     for seed in cfg.seeds:
         trunks = {m: "" if m == "random" else storage.join(cfg.output, "runs", "pretrain", f"{m}-s{seed}", "trunk.pt")
                   for m in cfg.methods}
+        for m in cfg.methods:      # and every checkpoint: the probe across pre-training steps
+            if m != "random":
+                for step, uri in checkpoint_trunks(storage.join(cfg.output, "runs", "pretrain", f"{m}-s{seed}")).items():
+                    trunks[f"{m}@{step}"] = uri
         probes = probe_trunks(cfg, data_dir, fit_videos, trunks, seed,
                               storage.join(cfg.output, "runs", "probe", f"s{seed}"))
-        log.info("linear probe, seed %d: %s", seed, ", ".join(f"{m} {p['probe_error']:.3f}" for m, p in probes.items()))
+        steps += [{"method": k.split("@")[0], "seed": seed, "step": int(k.split("@")[1]),
+                   "probe_error": p["probe_error"]} for k, p in probes.items() if "@" in k]
+        log.info("linear probe, seed %d: %s", seed,
+                 ", ".join(f"{m} {p['probe_error']:.3f}" for m, p in probes.items() if "@" not in m))
         for m in cfg.methods:
             pre = results.get(f"pretrain {m} s{seed}", {})
             for frac in (cfg.label_fractions if cfg.finetune_steps else (None,)):
@@ -104,7 +111,7 @@ def run_compare(cfg: CompareConfig, preset: str = "") -> dict:
                                 "test_hands": probes[m]["test_rows"], "eval_samples": ev.get("samples")})
     seconds = time.time() - t0
     context = {"preset": preset, "config": asdict(cfg), "data": data, "machine": machine(), "seconds": seconds,
-               "date": time.strftime("%Y-%m-%d", time.gmtime())}
+               "date": time.strftime("%Y-%m-%d", time.gmtime()), "probe_steps": steps}
     text = report.write_outputs(cfg.output, records, list(cfg.methods), context)
     summary = {"records": len(records), "seconds": round(seconds, 1), "machine": context["machine"],
                "report": storage.join(cfg.output, report.REPORT_MD)}

@@ -45,14 +45,46 @@ def format_table(records: list[dict], methods: list[str]) -> str:
     return "\n".join(out)
 
 
-def plot_png(records: list[dict], methods: list[str]) -> bytes:
-    """Left: probe error per method (one point per seed); right: MPJPE against label fraction per method."""
+def format_steps(steps: list[dict], records: list[dict]) -> str:
+    """The probe error at every checkpoint, one row per method (mean over seeds); step 0 = random init."""
+    if not steps:
+        return "(no checkpoints)"
+    grid = sorted({r["step"] for r in steps})
+    start = [r["probe_error"] for r in records if r["method"] == "random" and r.get("probe_error") is not None]
+    out = ["| method | 0 | " + " | ".join(str(s) for s in grid) + " |", "|---|" + "---:|" * (len(grid) + 1)]
+    for m in dict.fromkeys(r["method"] for r in steps):
+        cells = [f"{np.mean([r['probe_error'] for r in steps if r['method'] == m and r['step'] == s]):.3f}"
+                 if any(r["method"] == m and r["step"] == s for r in steps) else "" for s in grid]
+        out.append(f"| {m} | {np.mean(start):.3f} | " + " | ".join(cells) + " |" if start else
+                   f"| {m} |  | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot_png(records: list[dict], methods: list[str], steps: list[dict] = ()) -> bytes:
+    """Left: probe error per method (one point per seed); middle: the probe across pre-training steps (mean over
+    seeds, step 0 = random init); right: MPJPE against label fraction per method."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(16, 4))
     colors = dict(zip(methods, plt.get_cmap("tab10").colors))
+    start = [r["probe_error"] for r in records if r["method"] == "random" and r.get("probe_error") is not None]
+    for m in methods:
+        by_step = {}
+        for r in steps:
+            if r["method"] == m:
+                by_step.setdefault(r["step"], []).append(r["probe_error"])
+        if by_step:
+            xs = ([0] if start else []) + sorted(by_step)
+            ys = ([float(np.mean(start))] if start else []) + [float(np.mean(by_step[x])) for x in sorted(by_step)]
+            ax3.plot(xs, ys, "-o", color=colors[m], label=m, ms=3)
+    ax3.set_xlabel("pre-training step (0: random init)")
+    ax3.set_ylabel("linear probe: 3D pose error")
+    ax3.set_title("the probe across pre-training (mean over seeds)", fontsize=10)
+    ax3.grid(alpha=0.3)
+    if ax3.lines:
+        ax3.legend(fontsize=8)
     for i, m in enumerate(methods):
         sel = [r for r in records if r["method"] == m]
         probe = sorted({(r["seed"], r["probe_error"]) for r in sel if r.get("probe_error") is not None})
@@ -89,7 +121,7 @@ def plot_png(records: list[dict], methods: list[str]) -> bytes:
 def write_outputs(output: str, records: list[dict], methods: list[str], context: dict) -> str:
     """results.json, compare.png and report.md under ``output``; returns the report's text."""
     storage.write_json_atomic(storage.join(output, RESULTS_JSON), {"records": records, **context})
-    storage.write_bytes_atomic(storage.join(output, COMPARE_PNG), plot_png(records, methods))
+    storage.write_bytes_atomic(storage.join(output, COMPARE_PNG), plot_png(records, methods, context.get("probe_steps", ())))
     c, data = context["config"], context["data"]
     counts = data["counts"]
     lines = [f"# Pre-training methods compared ({context['preset']} preset)", "",
@@ -105,6 +137,8 @@ def write_outputs(output: str, records: list[dict], methods: list[str], context:
              "(scaled so wrist -> middle MCP = 1, left hands mirrored), fitted on the probe videos and scored as the "
              "mean joint distance on the test videos. MPJPE / PA-MPJPE / AUC (0-50 mm): the fine-tuned model on the "
              "test videos. Mean +- std over seeds.", "", f"![comparison]({COMPARE_PNG})", "",
+             "The probe across pre-training steps (each kept checkpoint's trunk, mean over seeds):", "",
+             format_steps(context.get("probe_steps", []), records), "",
              "## Mining quality of the pre-training pairs", "", "SiMHand-W's pairs (mined from 2D keypoints):", "",
              format_figures(data["mining"]["mined"]), "", "The oracle's pairs (nearest by true 3D pose):", "",
              format_figures(data["mining"]["oracle"]), ""]

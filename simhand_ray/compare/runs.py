@@ -41,12 +41,23 @@ def pretrain_method(method: str) -> str:
 
 
 def pretrain_config(cfg: CompareConfig, method: str, seed: int, pairs: str, folder: str) -> PretrainConfig:
-    """Every method with the same steps, batch, view size, schedule and optimiser; checkpoints 4 times a run."""
+    """Every method with the same steps, batch, view size, schedule and optimiser; 4 checkpoints a run, all kept
+    (the probe follows the trunk across them)."""
     return sectioned(PretrainConfig, pairs=pairs, output=folder, seed=seed, method=pretrain_method(method),
                      arch=cfg.arch, batch_size=cfg.batch_size, max_steps=cfg.steps, image_size=cfg.image_size,
                      num_workers=1, use_gpu=cfg.use_gpu, gpus_per_worker=cfg.gpus_per_run,
                      cpus_per_worker=cfg.cpus_per_run, resume=True,
-                     checkpoint_every=max(1, cfg.steps // 4), log_every=max(1, cfg.steps // 10))
+                     checkpoint_every=max(1, cfg.steps // 4), keep_checkpoints=4, log_every=max(1, cfg.steps // 10))
+
+
+def checkpoint_trunks(run_folder: str) -> dict[int, str]:
+    """{step: state.pt} of a pre-training run's checkpoints (a trunk loads from one as from trunk.pt)."""
+    out = {}
+    for f in storage.list_files(storage.join(run_folder, "ray_train"), (".pt",)):
+        parent = f.rsplit("/", 2)[-2]
+        if parent.startswith("checkpoint_") and parent[len("checkpoint_"):].isdigit():
+            out[int(parent[len("checkpoint_"):])] = f
+    return dict(sorted(out.items()))
 
 
 def finetune_config(cfg: CompareConfig, trunk: str, seed: int, fraction: float, train_records: int,
