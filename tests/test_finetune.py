@@ -140,6 +140,11 @@ def test_finetune_resume_evaluate_report_end_to_end(ray_cluster, tmp_path, capsy
     assert summary["steps"] == 9 and summary["arch"] == "resnet18" and np.isfinite(summary["final"]["loss"])
     assert (ft_out / "finetune_loss.png").stat().st_size > 1000
     assert storage.read_json(str(ft_out / "_manifest.json"))["status"] == "complete"
+    from safetensors.torch import load_file                    # the fine-tuned trunk, in both formats
+    model = load_torch_file(str(ft_out / "model.pt"))["model"]
+    trunk = load_file(str(ft_out / "trunk.safetensors"))
+    assert trunk.keys() == {k[len("trunk."):] for k in model if k.startswith("trunk.")}
+    assert all(torch.equal(v, model["trunk." + k]) for k, v in trunk.items())
     scalars = read_tensorboard(str(ft_out))     # TensorBoard's own reader: both submissions' 9 steps
     assert [s for s, _ in scalars["train/loss"]] == list(range(1, 10)) and "train/loss_3d" in scalars
 

@@ -81,3 +81,26 @@ def test_equivariant_gradients_flow_only_through_points():
     out.sum().backward()
     assert torch.isfinite(z.grad).all()
     assert torch.allclose(out.norm(dim=1), torch.ones(3))
+
+
+def test_a_trunk_loads_from_safetensors_in_timm_and_here(tmp_path, monkeypatch):
+    """trunk.safetensors (written beside trunk.pt) loads into timm's ResNet-50 as a timm user would, with no
+    code run and no download, and gives the trunk's own features; the project's loader reads either file."""
+    import timm
+
+    from simhand_ray.train.checkpoint import write_trunk_files
+    from simhand_ray.train.trunk import build_trunk, make_trunk
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    trunk = build_trunk("resnet50").eval()
+    write_trunk_files(trunk.state_dict(), str(tmp_path))
+    model = timm.create_model("resnet50", pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "trunk.safetensors"))).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trunk(x), rtol=0, atol=0)
+        for name in ("trunk.safetensors", "trunk.pt"):
+            again, arch = make_trunk("auto", str(tmp_path / name))
+            assert arch == "resnet50"
+            torch.testing.assert_close(again.eval()(x), trunk(x), rtol=0, atol=0)

@@ -403,6 +403,10 @@ def test_pretrain_job_on_s3_two_workers_with_failure_and_resubmission(ray_cluste
     state = torch.load(io.BytesIO(storage.read_bytes(storage.join(out, "trunk.pt"))), weights_only=True)
     missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    from safetensors.torch import load as load_safetensors     # the same tensors, without pickle
+
+    same = load_safetensors(storage.read_bytes(storage.join(out, "trunk.safetensors")))
+    assert same.keys() == state.keys() and all(torch.equal(same[k], state[k]) for k in state)
     # TensorBoard's own reader finds every step's loss in the event files copied to S3 (the restored
     # attempts' purge_step drops what a failed attempt wrote past its checkpoint)
     scalars = read_tensorboard(out)

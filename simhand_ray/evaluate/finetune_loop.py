@@ -105,4 +105,5 @@ def train_loop(config: dict) -> None:
     if rank == 0:
         checkpoint.write_torch(storage.join(cfg.output, MODEL), {"model": raw_model.state_dict(), "arch": arch,
                                                                  "config": asdict(cfg), "step": step, "history": history})
+        checkpoint.write_trunk_files(raw_model.trunk.state_dict(), cfg.output)    # the fine-tuned trunk alone
         events.close()

@@ -35,6 +35,7 @@ STATE_FILE = "state.pt"
 META_FILE = "state.json"
 POSITION_FILE = "latest.json"
 TRUNK_FILE = "trunk.pt"
+TRUNK_SAFETENSORS = "trunk.safetensors"
 
 
 def dir_name(step: int) -> str:
@@ -143,7 +144,18 @@ def run_storage(output: str):
 
 
 def save_trunk(model: torch.nn.Module, output: str) -> str:
-    """Write the trunk's state_dict (torchvision key names, CPU tensors) to ``output/trunk.pt``."""
+    """Write the trunk's state_dict (torchvision key names, CPU tensors) to ``output/trunk.pt``, and the same
+    tensors to ``output/trunk.safetensors``; returns the first."""
+    return write_trunk_files(model.trunk_state_dict(), output)
+
+
+def write_trunk_files(state: dict[str, torch.Tensor], output: str) -> str:
+    """``trunk.pt`` (torch.save) and ``trunk.safetensors`` (safetensors: no pickle, what timm and the model hubs
+    load) of one trunk state_dict; returns the ``trunk.pt`` URI."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     uri = storage.join(output, TRUNK_FILE)
-    write_torch(uri, model.trunk_state_dict())
+    write_torch(uri, state)
+    storage.write_bytes_atomic(storage.join(output, TRUNK_SAFETENSORS), save(state, metadata={"format": "pt"}))
     return uri

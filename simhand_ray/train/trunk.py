@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
+from simhand_ray import storage
 from simhand_ray.config import TRUNK_ARCHS
 from simhand_ray.safe_load import load_torch_file
 
@@ -35,12 +36,17 @@ def feature_dim(trunk: torchvision.models.ResNet) -> int:
 
 
 def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """A weights file (path or s3://) -> a plain state_dict.
+    """A weights file (path or s3://; ``.safetensors`` or a torch file) -> a plain state_dict.
 
     Accepts a bare state_dict, or a checkpoint dict holding one under ``model`` / ``state_dict``; removes a
     DDP ``module.`` prefix and, when no key is a top-level ResNet key, a common prefix such as ``trunk.``.
     """
-    obj = load_torch_file(uri)
+    if uri.endswith(".safetensors"):      # tensors only by construction: nothing to unpickle
+        from safetensors.torch import load
+
+        obj = load(storage.read_bytes(uri))
+    else:
+        obj = load_torch_file(uri)
     for key in ("model", "state_dict", "trunk"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
