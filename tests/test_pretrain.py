@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -451,6 +452,20 @@ def test_pretrain_job_beside_another_local_ray(ray_cluster, local_pairs, tmp_pat
     manifest = storage.read_json(str(tmp_path / "pretrain" / MANIFEST))
     assert manifest["status"] == "complete" and manifest["summary"]["step"] == 4
     assert (tmp_path / "pretrain" / "trunk.pt").exists()
+    # the model card: what was trained how, and loading snippets that run as written in the output folder
+    card = (tmp_path / "pretrain" / "MODEL_CARD.md").read_text()
+    assert "# simclr resnet18 trunk" in card and f"`{manifest['config_hash']}`" in card and "16 pairs" in card
+    snippets = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert len(snippets) == 3
+    check = ("import torch\nfrom simhand_ray.compat import mmcv_ext\nmmcv_ext.install()  # mmcv-lite here\n"
+             + "\n".join(f"{s}\nresults.append({'backbone' if 'backbone =' in s else 'model'})\n" for s in snippets)
+             + "ref = torch.load('trunk.pt', weights_only=True)\n"
+             + "for m in results:\n    sd = m.state_dict()\n"
+             + "    assert all(torch.equal(sd[k], v) for k, v in ref.items()), type(m)\nprint('loaded', len(results))")
+    res = subprocess.run([sys.executable, "-c", "results = []\n" + check], cwd=tmp_path / "pretrain",
+                         env=dict(env, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and "loaded 3" in res.stdout, res.stdout[-2000:] + res.stderr[-3000:]
     scalars = read_tensorboard(str(tmp_path / "pretrain"))
     assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4]
     # the logged rate is the wall-clock rate of its interval: 4 steps of 16 images in at most the run's time

@@ -50,7 +50,8 @@ def data_settings(cfg: CompareConfig) -> dict:
         m = StageManifest.read(folder, stage)
         if m is None or not m.complete:
             raise FileNotFoundError(f"no finished {stage} stage in {cfg.mine}: run jobs/mine.py on it first")
-        stages[stage] = {"hash": m.config_hash, "hands": (m.summary or {}).get("hands")}
+        s = m.summary or {}
+        stages[stage] = {"hash": m.config_hash, "hands": s.get("hands_kept", s.get("hands"))}
     return {"mine": stages, "split_seed": cfg.split_seed, "dataset": cfg.dataset,
             "fractions": [cfg.pretrain_videos, cfg.probe_videos, cfg.finetune_videos]}
 

@@ -6,8 +6,6 @@ output it reuses the data and every finished run and does only what is missing; 
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import time
 from dataclasses import asdict, replace
 
@@ -17,25 +15,11 @@ from simhand_ray.compare.data import prepare_data
 from simhand_ray.compare.runs import checkpoint_trunks, parallel_runs, plan_runs, probe_trunks, run_all
 from simhand_ray.config import CompareConfig
 from simhand_ray.stage import StageManifest
+from simhand_ray.train.resources import describe_cluster
 
 log = logging.getLogger(__name__)
 
 STAGE = "compare"
-
-
-def machine() -> str:
-    """The cluster in words: CPUs, GPUs and their kind, the driver's CPU model."""
-    import ray
-
-    res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0))
-    kinds = sorted(k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:"))
-    model = ""
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    gpu = f", {gpus} GPU{'s' if gpus != 1 else ''} {' '.join(kinds)}".rstrip() if gpus else ", no GPU"
-    return f"{int(res.get('CPU', 0))} CPUs ({model or platform.machine()}){gpu}, {len(ray.nodes())} node(s)"
 
 
 def train_records(cfg: CompareConfig, data_dir: str) -> int:
@@ -110,7 +94,7 @@ def run_compare(cfg: CompareConfig, preset: str = "") -> dict:
                                 "pretrain_final_loss": pre.get("final_loss"), "probe_alpha": probes[m]["alpha"],
                                 "test_hands": probes[m]["test_rows"], "eval_samples": ev.get("samples")})
     seconds = time.time() - t0
-    context = {"preset": preset, "config": asdict(cfg), "data": data, "machine": machine(), "seconds": seconds,
+    context = {"preset": preset, "config": asdict(cfg), "data": data, "machine": describe_cluster(), "seconds": seconds,
                "date": time.strftime("%Y-%m-%d", time.gmtime()), "probe_steps": steps}
     text = report.write_outputs(cfg.output, records, list(cfg.methods), context)
     summary = {"records": len(records), "seconds": round(seconds, 1), "machine": context["machine"],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import platform
 import time
 
 from simhand_ray.config import PretrainConfig
@@ -99,3 +101,18 @@ def ensure_fits(cfg: PretrainConfig, wait_s: float) -> None:
         request_resources(bundles=[])   # Ray Train's own requests keep the nodes it uses
     if why is not None:
         raise ClusterTooSmallError(f"after waiting {wait_s:.0f} s (--resource-wait): {why}")
+
+
+def describe_cluster() -> str:
+    """The cluster in words, for reports and model cards: CPUs, GPUs and their kind, the driver's CPU model."""
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    kinds = sorted(k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:"))
+    model = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    gpu = f", {gpus} GPU{'s' if gpus != 1 else ''} {' '.join(kinds)}".rstrip() if gpus else ", no GPU"
+    return f"{int(res.get('CPU', 0))} CPUs ({model or platform.machine()}){gpu}, {len(ray.nodes())} node(s)"

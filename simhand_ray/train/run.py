@@ -8,6 +8,7 @@ running -> complete, or incomplete / stopped for a run that ended short of its t
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, replace
 
 from simhand_ray import storage
@@ -89,6 +90,7 @@ def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> d
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    t0 = time.time()
     # Ray Train workers run in a directory of their own: relative paths would land there
     cfg = replace(cfg, pairs=storage.absolute(cfg.pairs), output=storage.absolute(cfg.output))
     storage.check_readable(cfg.pairs)
@@ -132,6 +134,11 @@ def run_pretrain(cfg: PretrainConfig, resource_wait_s: float | None = None) -> d
                "final_loss": rows[-1]["loss"] if rows else None, "loss_curve": curve,
                "trunk": storage.join(cfg.output, checkpoint.TRUNK_FILE) if done else None,
                "result_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str))}}
+    if done:
+        from simhand_ray.train.model_card import write_model_card
+
+        summary["model_card"] = write_model_card(cfg, summary, manifest.config_hash, resources.describe_cluster(),
+                                                 time.time() - t0)
     manifest.finish(summary, status=status)
     check_reached(cfg, plan, step)
     return summary
