@@ -41,6 +41,9 @@ def prepare(folder: str, mine: str, preset: str) -> None:
     from simhand_ray.compare.data import prepare_data
     from simhand_ray.config import COMPARE_PRESETS
 
+    import ray
+
+    ray.init(ignore_reinit_error=True, logging_level="WARNING")     # the cluster of RAY_ADDRESS, else a local one
     shutil.rmtree(folder, ignore_errors=True)
     for rel in MINE_FILES:
         os.makedirs(os.path.dirname(os.path.join(folder, "mine", rel)), exist_ok=True)

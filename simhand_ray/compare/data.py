@@ -1,9 +1,8 @@
 """The comparison's data, made once from a mine output (``OUTPUT/data``, a stage of its own):
 
 - ``splits.json``: every video's set (``splits.split_videos``) and the counts;
-- ``mined/pairs``: each pre-training hand with its positive from the mine output's own graph, restricted to
-  pre-training videos (the first neighbour in its list from such a video: with the exact index, the nearest
-  one), so no probe, fine-tuning or test video lends a positive;
+- ``mined/``: the pre-training videos' hands mined again with the mine output's own graph and pairs settings
+  (``hands/``, ``graph/``, ``pairs/``), so no probe, fine-tuning or test video lends a positive;
 - ``oracle/pairs``: each pre-training hand with a 3D truth paired to the other-video pre-training hand nearest
   by true 3D pose (the ceiling of mining);
 - ``mined/mining``, ``oracle/mining``: the mining probe of both pair sets (``mining_probe``);
@@ -19,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +32,7 @@ from simhand_ray.config import CompareConfig
 from simhand_ray.evaluate.probe import nearest_by_pose
 from simhand_ray.graph.pairs import assemble_pairs
 from simhand_ray.graph.pairs_montage import MONTAGE, write_montage
-from simhand_ray.schema import GRAPH, PAIRS_ROW_GROUP_ROWS
+from simhand_ray.schema import PAIRS_ROW_GROUP_ROWS
 from simhand_ray.stage import StageManifest
 from simhand_ray.synthetic import freihand_export as fh
 
@@ -56,21 +56,18 @@ def data_settings(cfg: CompareConfig) -> dict:
             "fractions": [cfg.pretrain_videos, cfg.probe_videos, cfg.finetune_videos]}
 
 
-def restricted_positives(graph: pa.Table, keep: set[str]) -> pa.Table:
-    """(anchor_id, positive_id, distance): for every anchor in ``keep``, the first neighbour in its list that is
-    in ``keep`` (anchors with none are left out)."""
-    anchors, positives, dists = [], [], []
-    for h, ids, d in zip(graph.column("hand_id").to_pylist(), graph.column("neighbor_ids").to_pylist(),
-                         graph.column("distances").to_pylist()):
-        if h not in keep:
-            continue
-        j = next((j for j, n in enumerate(ids) if n in keep), None)
-        if j is not None:
-            anchors.append(h)
-            positives.append(ids[j])
-            dists.append(d[j])
-    return pa.table({"anchor_id": pa.array(anchors, pa.string()), "positive_id": pa.array(positives, pa.string()),
-                     "distance": pa.array(dists, pa.float32())})
+def mine_again(mine: str, hands: pa.Table, folder: str) -> int:
+    """The graph and pairs stages over ``hands`` into ``folder`` with the settings ``mine`` was made with;
+    returns the pairs' count. (faiss is imported here only: a finished data stage needs none.)"""
+    from simhand_ray.config import GraphConfig, from_dict
+    from simhand_ray.graph.graph_stage import run_graph_stage
+    from simhand_ray.graph.pairs import run_pairs_stage
+
+    storage.write_parquet_atomic(hands, storage.join(folder, "hands", PART))
+    record = StageManifest.require_complete(storage.join(mine, "graph"), "graph", "run jobs/mine.py first").record
+    cfg = replace(from_dict(GraphConfig, record["config"]), output=folder)
+    run_graph_stage(cfg)
+    return run_pairs_stage(cfg)["pairs"]
 
 
 def oracle_positives(hand_ids: np.ndarray, video_ids: np.ndarray, poses: np.ndarray) -> pa.Table:
@@ -137,16 +134,13 @@ def prepare_data(cfg: CompareConfig, folder: str) -> dict:
     hand_set = np.array([split.get(v, "pretrain") for v in videos], dtype=object)   # unlabelled: pre-training
     pre = hand_set == "pretrain"
 
-    graph = storage.read_parquet(storage.join(cfg.mine, "graph"), schema=GRAPH)
-    mined = restricted_positives(graph, set(ids[pre]))
+    pool = hands.filter(pa.array(pre))      # the pre-training hands; random and oracle hands come from them too
     usable = pre & truth.matched
     oracle = oracle_positives(ids[usable], videos[usable], truth.poses[usable])
-    source = {"mine": data_settings(cfg)["mine"], "split_seed": cfg.split_seed}
-    pairs = {}
-    for name, positives in (("mined", mined), ("oracle", oracle)):
-        pairs[name] = write_pairs(storage.join(folder, name, "pairs"), positives, hands, cfg.split_seed,
-                                  {**source, "positives": name})
-    pool = hands.filter(pa.array(pre))      # random and oracle hands come from the pre-training videos too
+    pairs = {"mined": mine_again(cfg.mine, pool, storage.join(folder, "mined")),
+             "oracle": write_pairs(storage.join(folder, "oracle", "pairs"), oracle, hands, cfg.split_seed,
+                                   {"mine": data_settings(cfg)["mine"], "split_seed": cfg.split_seed,
+                                    "positives": "oracle"})}
     mining = {name: evaluate_mining(pool, storage.join(folder, name, "pairs"), storage.join(folder, name, "mining"))
               for name in pairs}
 
@@ -164,7 +158,6 @@ def prepare_data(cfg: CompareConfig, folder: str) -> dict:
         for name, rows in (("training", train), ("evaluation", test)):
             fh.write_split(storage.join(folder, "freihand"), name, freihand_samples(hands, truth, rows))
     storage.write_json_atomic(storage.join(folder, "splits.json"), {"videos": split, "counts": counts})
-    summary = {"counts": counts, "truth": truth.counts(), "mining": mining, "pairs": pairs,
-               "anchors_without_positive": int(pre.sum() - pairs["mined"])}
+    summary = {"counts": counts, "truth": truth.counts(), "mining": mining, "pairs": pairs}
     m.finish(summary)
     return summary

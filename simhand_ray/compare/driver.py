@@ -15,6 +15,7 @@ from simhand_ray.compare.data import prepare_data
 from simhand_ray.compare.runs import checkpoint_trunks, parallel_runs, plan_runs, probe_trunks, run_all
 from simhand_ray.config import CompareConfig
 from simhand_ray.stage import StageManifest
+from simhand_ray.train.metrics import read_metrics
 from simhand_ray.train.resources import describe_cluster
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,16 @@ def run_compare(cfg: CompareConfig, preset: str = "") -> dict:
                                 "pa_mpjpe": ev.get("pa_mpjpe_mm"), "auc": ev.get("auc_root_relative"),
                                 "pretrain_final_loss": pre.get("final_loss"), "probe_alpha": probes[m]["alpha"],
                                 "test_hands": probes[m]["test_rows"], "eval_samples": ev.get("samples")})
+    curves = {}
+    for r in runs:
+        if r.kind == "pretrain":
+            rows = read_metrics(r.folder)
+            every = max(1, len(rows) // 200)
+            curves[f"{r.meta['method']} s{r.meta['seed']}"] = [(x["step"], x["loss"]) for x in rows[::every]]
     seconds = time.time() - t0
     context = {"preset": preset, "config": asdict(cfg), "data": data, "machine": describe_cluster(), "seconds": seconds,
-               "date": time.strftime("%Y-%m-%d", time.gmtime()), "probe_steps": steps}
+               "date": time.strftime("%Y-%m-%d", time.gmtime()), "probe_steps": steps,
+               "loss_curves": curves}
     text = report.write_outputs(cfg.output, records, list(cfg.methods), context)
     summary = {"records": len(records), "seconds": round(seconds, 1), "machine": context["machine"],
                "report": storage.join(cfg.output, report.REPORT_MD)}

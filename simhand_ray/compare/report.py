@@ -12,6 +12,7 @@ from simhand_ray.compare.mining_probe import format_figures
 RESULTS_JSON = "results.json"
 REPORT_MD = "report.md"
 COMPARE_PNG = "compare.png"
+LOSSES_PNG = "losses.png"
 METRICS = ("probe_error", "mpjpe", "pa_mpjpe", "auc")
 
 
@@ -118,10 +119,36 @@ def plot_png(records: list[dict], methods: list[str], steps: list[dict] = ()) ->
     return buf.getvalue()
 
 
+def losses_png(curves: dict[str, list[tuple[int, float]]], methods: list[str]) -> bytes:
+    """Every pre-training run's loss against its step ({"method s<seed>": [(step, loss)]}), seeds dashed apart.
+    SiMHand-W's weighted loss is on another scale than NT-Xent's, so each method has its own panel."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in methods if any(k.rsplit(" s", 1)[0] == m for k in curves)]
+    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(3.6 * max(1, len(shown)), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], shown):
+        for i, (name, pts) in enumerate(sorted((k, v) for k, v in curves.items() if k.rsplit(" s", 1)[0] == m)):
+            if pts:
+                ax.plot(*zip(*pts), ls="-" if i == 0 else "--", lw=1, label=name.rsplit(" ", 1)[1])
+        ax.set_title(m, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("pre-training loss")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def write_outputs(output: str, records: list[dict], methods: list[str], context: dict) -> str:
     """results.json, compare.png and report.md under ``output``; returns the report's text."""
     storage.write_json_atomic(storage.join(output, RESULTS_JSON), {"records": records, **context})
     storage.write_bytes_atomic(storage.join(output, COMPARE_PNG), plot_png(records, methods, context.get("probe_steps", ())))
+    storage.write_bytes_atomic(storage.join(output, LOSSES_PNG), losses_png(context.get("loss_curves", {}), methods))
     c, data = context["config"], context["data"]
     counts = data["counts"]
     lines = [f"# Pre-training methods compared ({context['preset']} preset)", "",
@@ -139,6 +166,7 @@ def write_outputs(output: str, records: list[dict], methods: list[str], context:
              "test videos. Mean +- std over seeds.", "", f"![comparison]({COMPARE_PNG})", "",
              "The probe across pre-training steps (each kept checkpoint's trunk, mean over seeds):", "",
              format_steps(context.get("probe_steps", []), records), "",
+             "The pre-training losses:", "", f"![losses]({LOSSES_PNG})", "",
              "## Mining quality of the pre-training pairs", "", "SiMHand-W's pairs (mined from 2D keypoints):", "",
              format_figures(data["mining"]["mined"]), "", "The oracle's pairs (nearest by true 3D pose):", "",
              format_figures(data["mining"]["oracle"]), ""]
