@@ -211,8 +211,8 @@ class IndexConfig:
     near_duplicate_bits: int = opt(16, "a neighbour whose crop's 64-bit perceptual hash is within this many bits "
                                        "of the hand's own is the same picture and is dropped (-1 = off)",
                                    bounds=Bounds(-1, 64))
-    scale: str = opt("rms", "descriptor scale: rms (RMS radius about the wrist) | palm (wrist -> middle MCP)",
-                     choices=DESCRIPTOR_SCALES, cli=False)
+    scale: str = opt("rms", "descriptor scale: rms (RMS radius about the wrist) | palm (wrist -> middle MCP); "
+                     "benchmarks/mining_quality.py measures both", choices=DESCRIPTOR_SCALES, flag="--descriptor-scale")
     pca_dim: int = opt(0, "0 = no PCA of the 42-d descriptors", bounds=Bounds(0, 42))
     pca_sample: int = opt(100_000, "descriptors the PCA is fitted on", bounds=Bounds(1), cli=False)
     shards: int = opt(1, "faiss index shards, one Ray actor each", bounds=Bounds(1))
