@@ -83,8 +83,7 @@ def run_compare(cfg: CompareConfig, preset: str = "") -> dict:
                               storage.join(cfg.output, "runs", "probe", f"s{seed}"))
         steps += [{"method": k.split("@")[0], "seed": seed, "step": int(k.split("@")[1]),
                    "probe_error": p["probe_error"]} for k, p in probes.items() if "@" in k]
-        log.info("linear probe, seed %d: %s", seed,
-                 ", ".join(f"{m} {p['probe_error']:.3f}" for m, p in probes.items() if "@" not in m))
+        log.info("linear probe, seed %d: %s", seed, ", ".join(f"{m} {probes[m]['probe_error']:.3f}" for m in cfg.methods))
         for m in cfg.methods:
             pre = results.get(f"pretrain {m} s{seed}", {})
             for frac in (cfg.label_fractions if cfg.finetune_steps else (None,)):
