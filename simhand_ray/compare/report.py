@@ -61,6 +61,15 @@ def format_steps(steps: list[dict], records: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _decorate(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+
 def plot_png(records: list[dict], methods: list[str], steps: list[dict] = ()) -> bytes:
     """Left: probe error per method (one point per seed); middle: the probe across pre-training steps (mean over
     seeds, step 0 = random init); right: MPJPE against label fraction per method."""
@@ -80,12 +89,8 @@ def plot_png(records: list[dict], methods: list[str], steps: list[dict] = ()) ->
             xs = ([0] if start else []) + sorted(by_step)
             ys = ([float(np.mean(start))] if start else []) + [float(np.mean(by_step[x])) for x in sorted(by_step)]
             ax3.plot(xs, ys, "-o", color=colors[m], label=m, ms=3)
-    ax3.set_xlabel("pre-training step (0: random init)")
-    ax3.set_ylabel("linear probe: 3D pose error")
-    ax3.set_title("the probe across pre-training (mean over seeds)", fontsize=10)
-    ax3.grid(alpha=0.3)
-    if ax3.lines:
-        ax3.legend(fontsize=8)
+    _decorate(ax3, "the probe across pre-training (mean over seeds)", "pre-training step (0: random init)",
+              "linear probe: 3D pose error")
     for i, m in enumerate(methods):
         sel = [r for r in records if r["method"] == m]
         probe = sorted({(r["seed"], r["probe_error"]) for r in sel if r.get("probe_error") is not None})
@@ -102,16 +107,9 @@ def plot_png(records: list[dict], methods: list[str], steps: list[dict] = ()) ->
                 if r.get("mpjpe") is not None:
                     ax2.scatter([r["label_fraction"]], [r["mpjpe"]], color=colors[m], s=10, alpha=0.5)
     ax1.set_xticks(range(len(methods)), methods, rotation=20)
-    ax1.set_ylabel("linear probe: 3D pose error (lower = better)")
-    ax1.set_title("frozen trunk", fontsize=10)
-    ax1.grid(alpha=0.3)
+    _decorate(ax1, "frozen trunk", "", "linear probe: 3D pose error (lower = better)")
     ax2.set_xscale("log")
-    ax2.set_xlabel("label fraction")
-    ax2.set_ylabel("MPJPE (mm), test videos")
-    ax2.set_title("fine-tuned (line: mean over seeds, dots: seeds)", fontsize=10)
-    ax2.grid(alpha=0.3)
-    if ax2.lines:
-        ax2.legend(fontsize=8)
+    _decorate(ax2, "fine-tuned (line: mean over seeds, dots: seeds)", "label fraction", "MPJPE (mm), test videos")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
