@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The label GPU check on a lent single-GPU machine, in one call (< 5 minutes on an H100/H200 with 16 cores).
-# The machine has torch, numpy, opencv but no OpenMMLab, no Ray and no package registry. Here, once:
+# The label GPU check on a single-GPU machine (H100/H200 with 16 cores; < 5 minutes): the OpenMMLab labeler's
+# frames/s alone, then the label stage through Ray at 1 and 0.25 GPU per labeler beside the decode ceiling (every
+# CPU decoding the same JPEGs). That machine has torch, numpy, opencv but no OpenMMLab, no Ray and no package
+# registry; the kits are made on a machine with one:
 #   bash benchmarks/gpu/label_device.sh --make-kit       # .device-kit-mm: mmengine, mmcv-lite, mmdet, mmpose + deps (py3.12 wheels)
 #   ../shared/device/make-kit.sh .device-kit             # Ray (for the stage through Ray; ~47 MB)
-# The two kits do not fit in one call's 64 MiB (mm kit 46 MB, 35 of them scipy; Ray 47 MB; the tree 3.4 MB), so two
-# calls back to back on the warm machine (it keeps git-ignored files between calls for ~30 s of idle):
-#   1. run(command="bash benchmarks/gpu/label_device.sh", carry=[".device-kit-mm"], timeout_s=300)
-#      unpacks the mm kit into .device-site-mm and measures the labeler alone;
-#   2. run(command="bash benchmarks/gpu/label_device.sh --stage --skip-labeler", carry=[".device-kit"], timeout_s=300)
-#      finds .device-site-mm there and runs the label stage through Ray (1 and 0.25 GPU per labeler) beside the
-#      decode ceiling (every CPU decoding the same JPEGs).
+# The two kits do not fit in one 64 MiB tree (mm kit 46 MB, 35 of them scipy; Ray 47 MB; the tree 3.4 MB), so it
+# runs in two parts on the same machine:
+#   1. bash benchmarks/gpu/label_device.sh                        (with .device-kit-mm) unpacks the mm kit into
+#      .device-site-mm and measures the labeler alone;
+#   2. bash benchmarks/gpu/label_device.sh --stage --skip-labeler (with .device-kit) finds .device-site-mm there
+#      and runs the label stage through Ray.
 # Figures (card named) print as they come and land in $OUT/label/figures.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

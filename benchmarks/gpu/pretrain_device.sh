@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The pretrain GPU check on a lent single-GPU machine, in one call (< 5 minutes on an H100/H200 with 16 cores).
-# Here, once:   ../shared/device/make-kit.sh .device-kit
-# Device call:  run(command="bash benchmarks/gpu/pretrain_device.sh", carry=[".device-kit"], timeout_s=420)
+# The pretrain GPU check on a single-GPU machine (H100/H200 with 16 cores, no package registry; < 5 minutes):
+# the training step's images/s, SiMHand-W's weights at eight workers' batch, and jobs/pretrain.py through Ray.
+# Needs the Ray kit in the tree (.device-kit, made on a machine with a registry by ../shared/device/make-kit.sh).
 # Figures (card named) print as they come and land in $OUT/pretrain/figures.json with the job's log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

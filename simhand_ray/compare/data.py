@@ -30,7 +30,7 @@ from simhand_ray.compare.mining_probe import evaluate_mining
 from simhand_ray.compare.splits import SETS, split_videos
 from simhand_ray.config import CompareConfig
 from simhand_ray.evaluate.probe import nearest_by_pose
-from simhand_ray.graph.pairs import assemble_pairs
+from simhand_ray.graph.pairs import assemble_pairs, run_pairs_stage
 from simhand_ray.graph.pairs_montage import MONTAGE, write_montage
 from simhand_ray.schema import PAIRS_ROW_GROUP_ROWS
 from simhand_ray.stage import StageManifest
@@ -61,7 +61,6 @@ def mine_again(mine: str, hands: pa.Table, folder: str) -> int:
     returns the pairs' count. (faiss is imported here only: a finished data stage needs none.)"""
     from simhand_ray.config import GraphConfig, from_dict
     from simhand_ray.graph.graph_stage import run_graph_stage
-    from simhand_ray.graph.pairs import run_pairs_stage
 
     storage.write_parquet_atomic(hands, storage.join(folder, "hands", PART))
     record = StageManifest.require_complete(storage.join(mine, "graph"), "graph", "run jobs/mine.py first").record
@@ -102,11 +101,10 @@ def freihand_samples(hands: pa.Table, truth: tr.Truth, rows: np.ndarray) -> list
     for i in rows:
         x0, y0, x1, _ = boxes[i]
         K = fh.crop_intrinsics(truth.K[i], x0, y0, x1 - x0, schema.CROP_SIZE)
-        xyz = truth.joints[i].copy()
-        if mirrored[i]:
-            xyz[:, 0] *= -1.0
-            K[0, 2] = schema.CROP_SIZE - K[0, 2]
-        K[:2, 2] -= 0.5     # FreiHAND's K: pixel centres at integers
+        xyz = truth.joints[i]
+        if mirrored[i]:       # the crop was flipped when mined: the camera flips with it
+            xyz, K = fh.mirror_camera(xyz, K, schema.CROP_SIZE)
+        K[:2, 2] -= 0.5       # FreiHAND's K: pixel centres at integers
         out.append(fh.Sample(jpegs[int(i)].as_py(), xyz, K, ""))
     return out
 
@@ -119,7 +117,8 @@ def read_truth(folder: str) -> tuple[list[str], np.ndarray]:
 
 def prepare_data(cfg: CompareConfig, folder: str) -> dict:
     """Make (or reuse) ``folder`` as the module docstring says; returns its summary."""
-    m = StageManifest.open(folder, STAGE, data_settings(cfg))
+    settings = data_settings(cfg)
+    m = StageManifest.open(folder, STAGE, settings)
     if m.complete:
         return m.summary
     hands = storage.read_parquet(storage.join(cfg.mine, "hands"), schema=schema.HANDS)
@@ -139,8 +138,7 @@ def prepare_data(cfg: CompareConfig, folder: str) -> dict:
     oracle = oracle_positives(ids[usable], videos[usable], truth.poses[usable])
     pairs = {"mined": mine_again(cfg.mine, pool, storage.join(folder, "mined")),
              "oracle": write_pairs(storage.join(folder, "oracle", "pairs"), oracle, hands, cfg.split_seed,
-                                   {"mine": data_settings(cfg)["mine"], "split_seed": cfg.split_seed,
-                                    "positives": "oracle"})}
+                                   {"mine": settings["mine"], "split_seed": cfg.split_seed, "positives": "oracle"})}
     mining = {name: evaluate_mining(pool, storage.join(folder, name, "pairs"), storage.join(folder, name, "mining"))
               for name in pairs}
 

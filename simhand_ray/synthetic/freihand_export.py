@@ -60,11 +60,17 @@ def crop_intrinsics(K: np.ndarray, x0: float, y0: float, side: float, size: int 
     return np.array([[a, 0.0, -a * x0], [0.0, a, -a * y0], [0.0, 0.0, 1.0]]) @ K
 
 
+def mirror_camera(xyz: np.ndarray, K: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
+    """The joints and K of an image of ``width`` pixels once it is flipped left-right: x of the joints negated,
+    the principal point reflected (continuous coordinates)."""
+    K2 = np.array(K, dtype=np.float64)
+    K2[0, 2] = width - K2[0, 2]
+    return np.asarray(xyz) * np.array([-1.0, 1.0, 1.0]), K2
+
+
 def mirror(image: np.ndarray, xyz: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A left hand -> a right hand: flip the image, negate x of the joints, reflect the principal point."""
-    K2 = K.copy()
-    K2[0, 2] = image.shape[1] - K[0, 2]
-    return image[:, ::-1].copy(), xyz * np.array([-1.0, 1.0, 1.0]), K2
+    return (image[:, ::-1].copy(), *mirror_camera(xyz, K, image.shape[1]))
 
 
 def make_sample(image: np.ndarray, kp2d: np.ndarray, xyz: np.ndarray, K: np.ndarray, left: bool,
